@@ -1,0 +1,1 @@
+"""The backend service: accounts, credits, videos, durable jobs, providers, storage."""

@@ -1,0 +1,1 @@
+"""Video providers behind one interface: `local` (renders offline) and `openai` (Videos API)."""

@@ -1,0 +1,89 @@
+"""The one interface every video provider speaks, shaped after the OpenAI Videos API lifecycle.
+
+A job is started once (`start` returns the provider's job id, which the worker stores before doing
+anything else), then observed (`status`) until it is final, then its files are copied to our storage
+(`download`). A worker that crashes resumes from the stored id: it never calls `start` twice for a
+video, so a paid generation is never made twice.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+ProviderStatus = Literal["queued", "in_progress", "completed", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    prompt: str
+    model: str
+    seconds: int
+    size: str  # "WIDTHxHEIGHT"
+
+    @property
+    def width(self) -> int:
+        return int(self.size.split("x")[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.size.split("x")[1])
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderJob:
+    id: str
+    status: ProviderStatus
+    progress: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class ErrorKind(enum.Enum):
+    TRANSIENT = "transient"  # network, 5xx, 429: try again later, with backoff
+    FINAL = "final"  # auth, content policy, invalid request: fail the video and refund
+    NOT_FOUND = "not_found"  # the provider does not know the job id
+
+
+class ProviderError(Exception):
+    def __init__(
+        self,
+        kind: ErrorKind,
+        code: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.kind = kind
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+class VideoProvider(Protocol):
+    name: str
+
+    async def start(self, request: GenerationRequest) -> str:
+        """Begin a generation; returns the provider's job id."""
+        ...
+
+    async def status(self, job_id: str) -> ProviderJob:
+        """Where the job is now (one poll; the worker decides how often to ask)."""
+        ...
+
+    async def download(self, job_id: str, video: Path, thumbnail: Path) -> None:
+        """Copy a completed job's MP4 and JPEG thumbnail to these paths."""
+        ...
+
+    async def cancel(self, job_id: str) -> None:
+        """Stop a job upstream if it can still be stopped; unknown ids are not an error."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """Provider state for `/api/health` (e.g. the key pool), with no secret in it."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,64 @@
+"""What one proxy needs to know: derived from `Settings`, or built directly by a library user."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from sora2.settings import Settings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    api_url: str
+    """Where requests go: `{api_url}/api/{path}`. Nothing else is ever reached."""
+    allowed_origins: frozenset[str] = frozenset()
+    """Origins besides the page's own that get CORS with credentials and may write."""
+    trusted_proxies: tuple[Network, ...] = ()
+    """Peers whose `X-Forwarded-*` headers are believed; everyone else's are replaced."""
+    max_attempts: int = 3
+    retry_delay: float = 0.1
+    request_timeout: float = 30.0
+    connect_timeout: float = 1.0
+    idle_timeout: float = 30.0
+    health_ttl: float = 5.0
+    max_body_bytes: int = 52_428_800
+    circuit_failure_threshold: int = 5
+    circuit_open_time: float = 0.5
+    retry_budget_ratio: float = 0.2
+    retry_budget_min: int = 3
+    health_path: str = "/api/health"
+    upstream_prefix: str = "/api"
+    development: bool = False
+    pool_size: int = 256
+    keepalive_timeout: float = 4.0
+    via: str = field(default="1.1 sora2")
+
+    @property
+    def api_origin(self) -> str:
+        parts = urlsplit(self.api_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProxyConfig:
+        return cls(
+            api_url=settings.api_url,
+            allowed_origins=frozenset({settings.frontend_origin}),
+            trusted_proxies=tuple(
+                ipaddress.ip_network(item, strict=False) for item in settings.proxy_trusted_proxies
+            ),
+            max_attempts=settings.proxy_max_attempts,
+            retry_delay=settings.proxy_retry_delay_ms / 1000,
+            request_timeout=settings.proxy_request_timeout_ms / 1000,
+            connect_timeout=settings.proxy_connect_timeout_ms / 1000,
+            idle_timeout=settings.proxy_idle_timeout_ms / 1000,
+            health_ttl=settings.proxy_health_check_ttl_ms / 1000,
+            max_body_bytes=settings.proxy_max_body_bytes,
+            circuit_failure_threshold=settings.proxy_circuit_failure_threshold,
+            circuit_open_time=settings.proxy_circuit_open_ms / 1000,
+            retry_budget_ratio=settings.proxy_retry_budget_ratio,
+            development=settings.is_development,
+        )

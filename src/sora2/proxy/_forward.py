@@ -1,0 +1,108 @@
+"""Moving bodies: the request body to the backend and the response body to the client, streamed.
+
+Small bodies of known length are read whole (that makes a request replayable and a response one
+write); everything else streams chunk by chunk, so memory stays flat whatever the size and
+server-sent events reach the client as they are produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import Counter
+
+# Request bodies up to this size are buffered so a retry can re-send them.
+REPLAYABLE_BODY_BYTES = 64 * 1024
+# Responses up to this size (with a Content-Length) are read whole and written in one go.
+BUFFERED_RESPONSE_BYTES = 256 * 1024
+STREAM_CHUNK_BYTES = 256 * 1024
+
+
+class BodyTooLarge(Exception):
+    """The client sent more body than the proxy accepts."""
+
+
+class StreamedBody:
+    """A request body forwarded as it arrives. It can be sent again only if no byte was read yet."""
+
+    __slots__ = ("_content", "_limit", "sent", "started", "too_large")
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        self.sent = 0
+        self.started = False
+        self.too_large = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._content.iter_chunked(STREAM_CHUNK_BYTES):
+            self.started = True
+            self.sent += len(chunk)
+            if self.sent > self._limit:
+                self.too_large = True
+                raise BodyTooLarge
+            yield chunk
+
+
+RequestBody = bytes | StreamedBody | None
+
+
+async def read_request_body(request: web.Request, limit: int) -> RequestBody:
+    """None for no body, bytes when small and of known length, else a `StreamedBody`."""
+    if not request.body_exists:
+        return None
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BodyTooLarge
+    if length is not None and length <= REPLAYABLE_BODY_BYTES:
+        return await request.content.readexactly(length)
+    return StreamedBody(request.content, limit)
+
+
+def has_no_body(method: str, status: int) -> bool:
+    return method == "HEAD" or status in (204, 304) or 100 <= status < 200
+
+
+class StreamBroken(Exception):
+    """The backend stalled or broke off mid-body; the client's response must end broken too."""
+
+
+async def _read_chunk(upstream: aiohttp.ClientResponse, idle_timeout: float) -> bytes:
+    try:
+        async with asyncio.timeout(idle_timeout):
+            return await upstream.content.readany()
+    except TimeoutError:
+        raise StreamBroken("idle timeout") from None
+    except aiohttp.ClientPayloadError as error:
+        raise StreamBroken(f"truncated body: {error}") from None
+    except (aiohttp.ClientError, OSError) as error:
+        raise StreamBroken(type(error).__name__) from None
+
+
+async def read_small_body(upstream: aiohttp.ClientResponse, idle_timeout: float) -> bytes:
+    try:
+        async with asyncio.timeout(idle_timeout):
+            return await upstream.read()
+    except TimeoutError:
+        raise StreamBroken("idle timeout") from None
+    except (aiohttp.ClientError, OSError) as error:
+        raise StreamBroken(type(error).__name__) from None
+
+
+async def stream_body(
+    response: web.StreamResponse,
+    upstream: aiohttp.ClientResponse,
+    idle_timeout: float,
+    written: Counter,
+) -> None:
+    """Copy the body chunk by chunk, counting bytes into `written`. Raises `StreamBroken` if the
+    backend fails or stalls mid-way, `ConnectionError` if the client goes away."""
+    while True:
+        chunk = await _read_chunk(upstream, idle_timeout)
+        if not chunk:
+            return
+        await response.write(chunk)
+        written.inc(len(chunk))

@@ -1,0 +1,141 @@
+"""What the proxy believes about the backend's health, learned off the request path.
+
+Active checks of `/api/health` run in the background; proxied traffic also counts (a response is
+proof of life), so a busy backend is not polled at all. Nothing here is awaited by a request that
+succeeds: requests only read the verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Callable
+
+import aiohttp
+
+logger = logging.getLogger("sora2.proxy.health")
+
+# While the backend is down (or not yet seen), check this often: recovery is noticed within it.
+FAST_INTERVAL = 0.25
+# However much failing traffic asks for a check, active checks are at least this far apart.
+MIN_CHECK_GAP = 0.05
+
+
+class Health(enum.Enum):
+    UNKNOWN = "unknown"
+    UP = "up"
+    DOWN = "down"
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        url: str,
+        ttl: float,
+        timeout: float,
+        on_recovered: Callable[[], None],
+    ) -> None:
+        self._session = session
+        self._url = url
+        self._ttl = ttl
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._on_recovered = on_recovered
+        self._loop = asyncio.get_running_loop()
+        self._verdict = Health.UNKNOWN
+        self._checked_at = -float("inf")
+        self._probed_at = -float("inf")
+        self._up = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.ever_up = False
+        self.last_error = ""
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def verdict(self) -> Health:
+        """The latest verdict while it is trusted (younger than the TTL), else UNKNOWN."""
+        if self._loop.time() - self._checked_at > self._ttl:
+            return Health.UNKNOWN
+        return self._verdict
+
+    def start(self) -> None:
+        self._task = self._loop.create_task(self._run(), name="sora2-proxy-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def note_response(self) -> None:
+        """Traffic got an answer from the backend: as good as a passing check."""
+        self._checked_at = self._loop.time()
+        if self._verdict is not Health.UP:
+            self._mark(Health.UP)
+
+    def note_failure(self) -> None:
+        """Traffic failed to reach the backend: check now instead of at the next interval."""
+        self._wake.set()
+
+    async def wait_until_up(self, timeout: float) -> bool:
+        if self._up.is_set():
+            return True
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def check(self) -> Health:
+        self._probed_at = self._loop.time()
+        try:
+            async with self._session.get(
+                self._url, timeout=self._timeout, allow_redirects=False
+            ) as response:
+                await response.read()
+                healthy = response.status < 500
+                self.last_error = "" if healthy else f"health check answered {response.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            healthy = False
+            self.last_error = type(error).__name__
+        self._checked_at = self._loop.time()
+        self._mark(Health.UP if healthy else Health.DOWN)
+        return self._verdict
+
+    def _mark(self, verdict: Health) -> None:
+        previous, self._verdict = self._verdict, verdict
+        if verdict is Health.UP:
+            self._up.set()
+            self.ever_up = True
+            if previous is Health.DOWN:
+                logger.info("backend %s is healthy again", self._url)
+                self._on_recovered()
+        else:
+            self._up.clear()
+            if previous is not Health.DOWN:
+                logger.warning("backend %s is unhealthy: %s", self._url, self.last_error or "-")
+
+    def _interval(self) -> float:
+        return self._ttl / 2 if self._verdict is Health.UP else FAST_INTERVAL
+
+    async def _run(self) -> None:
+        while True:
+            if self._wake.is_set():
+                due = self._probed_at + MIN_CHECK_GAP - self._loop.time()
+            else:
+                due = self._checked_at + self._interval() - self._loop.time()
+            if due <= 0:
+                self._wake.clear()
+                await self.check()
+                continue
+            if self._wake.is_set():
+                await asyncio.sleep(due)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(due):
+                    await self._wake.wait()

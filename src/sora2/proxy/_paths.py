@@ -1,0 +1,51 @@
+"""Which paths may be forwarded: only ones that stay under the backend's `/api/`.
+
+The raw (still percent-encoded) path is what is forwarded, so the backend sees exactly what the
+client sent; what is checked is every decoding of it, because a server that decodes once more
+(`%252e%252e` → `%2e%2e` → `..`) must not be handed an escape either.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+_MAX_DECODINGS = 3
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class UnsafePath(ValueError):
+    """A path that would leave `/api/` or reach another host; `reason` says which rule it broke."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _check_decoded(path: str) -> None:
+    if _CONTROL.search(path):
+        raise UnsafePath("control characters")
+    if "\\" in path:
+        raise UnsafePath("a backslash")
+    if "//" in path:
+        raise UnsafePath("an empty segment ('//')")
+    if _SCHEME.match(path):
+        raise UnsafePath("a URL scheme")
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise UnsafePath("a '.' or '..' segment")
+
+
+def checked_upstream_path(raw_path: str) -> str:
+    """The raw path, unchanged, if no decoding of it escapes; otherwise `UnsafePath`."""
+    candidate = raw_path
+    for _ in range(_MAX_DECODINGS):
+        _check_decoded(candidate)
+        try:
+            decoded = unquote(candidate, errors="strict")
+        except UnicodeDecodeError:
+            raise UnsafePath("percent-encoding that is not UTF-8") from None
+        if decoded == candidate:
+            return raw_path
+        candidate = decoded
+    raise UnsafePath("too many levels of percent-encoding")

@@ -1,0 +1,447 @@
+"""The resilient reverse proxy: one `Proxy` per backend, `handle()` per request.
+
+The life of a request: reject what must never be forwarded (unsafe path, foreign origin writing,
+oversized body) → fail fast if the backend is known down → attempt, retrying only when that is
+safe, all within one deadline → pass the backend's answer through, streamed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from sora2.logs import redact_query, request_id_var
+from sora2.proxy._circuit import CircuitBreaker, CircuitState
+from sora2.proxy._config import ProxyConfig
+from sora2.proxy._cors import CorsDecision, CorsPolicy
+from sora2.proxy._errors import Failure, ProxyError, error_response
+from sora2.proxy._forward import (
+    BUFFERED_RESPONSE_BYTES,
+    BodyTooLarge,
+    RequestBody,
+    StreamBroken,
+    StreamedBody,
+    has_no_body,
+    read_request_body,
+    read_small_body,
+    stream_body,
+)
+from sora2.proxy._headers import (
+    downstream_response_headers,
+    request_id_from,
+    upstream_request_headers,
+)
+from sora2.proxy._health import Health, HealthMonitor
+from sora2.proxy._metrics import ProxyMetrics
+from sora2.proxy._paths import UnsafePath, checked_upstream_path
+from sora2.proxy._retry import (
+    RETRYABLE_STATUSES,
+    RetryBudget,
+    backoff_delay,
+    is_idempotent,
+    parse_retry_after,
+)
+
+logger = logging.getLogger("sora2.proxy")
+
+_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# Failures where the backend received nothing: a retry is safe whatever the method.
+_NOTHING_SENT = frozenset({"ECONNREFUSED", "ECONNECT", "ENOTFOUND", "ECONNTIMEOUT"})
+# A retry wait meaning "until the starting backend answers its health check".
+_UNTIL_UP = -1.0
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """What one request carries through the proxy."""
+
+    method: str
+    request_id: str
+    started: float
+    deadline: float
+    cors: CorsDecision = field(default_factory=CorsDecision)
+    idempotent: bool = False
+    body: RequestBody = None
+    attempts: int = 0
+    holds_retry_budget: bool = False
+
+    @property
+    def body_started(self) -> bool:
+        return isinstance(self.body, StreamedBody) and self.body.started
+
+
+class Proxy:
+    """Forwards `{public_prefix}/{path}?{query}` to `{api_url}{upstream_prefix}/{path}?{query}`."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        public_prefix: str = "/api/proxy",
+        metrics: ProxyMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.public_prefix = public_prefix.rstrip("/")
+        self.metrics = metrics or ProxyMetrics()
+        self.cors = CorsPolicy(config.allowed_origins)
+        self.circuit = CircuitBreaker(
+            failure_threshold=config.circuit_failure_threshold,
+            open_time=config.circuit_open_time,
+            on_change=self._circuit_changed,
+        )
+        self.budget = RetryBudget(ratio=config.retry_budget_ratio, minimum=config.retry_budget_min)
+        self._upstream_base = config.api_url + config.upstream_prefix
+        self._session: aiohttp.ClientSession | None = None
+        self._health: HealthMonitor | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.config.pool_size,
+            keepalive_timeout=self.config.keepalive_timeout,
+            ttl_dns_cache=60,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            # The proxy serves many users: it must never keep one user's cookies for another.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=_SKIP_AUTO_HEADERS,
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.config.connect_timeout),
+        )
+        self._health = HealthMonitor(
+            session=self._session,
+            url=self.config.api_url + self.config.health_path,
+            ttl=self.config.health_ttl,
+            timeout=max(self.config.connect_timeout, 1.0),
+            on_recovered=self.circuit.reset,
+        )
+        self._health.start()
+
+    async def close(self) -> None:
+        if self._health is not None:
+            await self._health.stop()
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def health(self) -> HealthMonitor:
+        assert self._health is not None, "Proxy.start() was not awaited"
+        return self._health
+
+    def _circuit_changed(self, state: CircuitState) -> None:
+        self.metrics.set_circuit(state)
+        if state is CircuitState.OPEN:
+            logger.warning("circuit opened: backend %s is failing", self.config.api_url)
+            if self._health is not None:
+                self._health.note_failure()
+        elif state is CircuitState.CLOSED:
+            logger.info("circuit closed: backend %s is answering", self.config.api_url)
+
+    # -- one request -----------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        # Durations use perf_counter (uvloop's clock ticks in milliseconds); deadlines use the
+        # loop's clock, which is what asyncio's timeouts and sleeps run on.
+        started = time.perf_counter()
+        exchange = _Exchange(
+            method=request.method,
+            request_id=request_id_from(request.headers),
+            started=started,
+            deadline=asyncio.get_running_loop().time() + self.config.request_timeout,
+        )
+        token = request_id_var.set(exchange.request_id)
+        self.budget.in_flight += 1
+        status = 0
+        try:
+            try:
+                response = await self._exchange(request, exchange)
+            except ProxyError as error:
+                response = self._error(error, exchange)
+            status = response.status
+            return response
+        finally:
+            self.budget.in_flight -= 1
+            if exchange.holds_retry_budget:
+                self.budget.release()
+            duration = time.perf_counter() - started
+            self.metrics.count_request(status or 499)
+            self.metrics.duration.observe(duration)
+            logger.info(
+                "%s %s %s attempts=%d duration=%.1fms",
+                exchange.method,
+                _loggable_path(request),
+                status or "client-closed",
+                exchange.attempts,
+                duration * 1000,
+            )
+            request_id_var.reset(token)
+
+    def _error(self, error: ProxyError, exchange: _Exchange) -> web.Response:
+        response = error_response(
+            error,
+            request_id=exchange.request_id,
+            api_url=self.config.api_url,
+            attempts=exchange.attempts,
+            duration=time.perf_counter() - exchange.started,
+            timeout_ms=round(self.config.request_timeout * 1000),
+            max_body=self.config.max_body_bytes,
+            development=self.config.development,
+        )
+        exchange.cors.apply(response.headers)
+        return response
+
+    async def _exchange(self, request: web.Request, exchange: _Exchange) -> web.StreamResponse:
+        url = self._upstream_url(request)
+        exchange.cors = self.cors.decide(request)
+        if exchange.cors.forbidden:
+            raise ProxyError(Failure.FORBIDDEN_ORIGIN)
+        if exchange.cors.preflight:
+            return exchange.cors.preflight_response(exchange.request_id)
+        exchange.idempotent = is_idempotent(exchange.method, "Idempotency-Key" in request.headers)
+        try:
+            exchange.body = await read_request_body(request, self.config.max_body_bytes)
+        except BodyTooLarge:
+            raise ProxyError(Failure.TOO_LARGE) from None
+        self._fail_fast_if_down()
+        headers = upstream_request_headers(
+            request.headers,
+            peer=request.remote,
+            scheme=request.scheme,
+            host=request.host,
+            request_id=exchange.request_id,
+            trusted=self.config.trusted_proxies,
+            via=self.config.via,
+        )
+        try:
+            upstream = await self._send_with_retries(url, headers, exchange)
+        except asyncio.CancelledError:
+            self.circuit.release_probe()  # the client left; the probe told us nothing
+            raise
+        try:
+            return await self._respond(request, upstream, exchange)
+        finally:
+            upstream.release()
+            self._count_request_bytes(exchange.body)
+
+    def _count_request_bytes(self, body: RequestBody) -> None:
+        if isinstance(body, StreamedBody):
+            self.metrics.bytes_in.inc(body.sent)
+        elif body:
+            self.metrics.bytes_in.inc(len(body))
+
+    def _upstream_url(self, request: web.Request) -> URL:
+        path, _, query = request.raw_path.partition("?")
+        prefix = self.public_prefix
+        if not (path == prefix or path.startswith(prefix + "/")):
+            raise ProxyError(Failure.BAD_PATH, detail="a path outside the proxy prefix")
+        tail = path[len(prefix) :]
+        try:
+            checked_upstream_path(tail.removeprefix("/"))
+        except UnsafePath as unsafe:
+            raise ProxyError(Failure.BAD_PATH, detail=unsafe.reason) from None
+        target = self._upstream_base + tail
+        if query:
+            target += "?" + query
+        return URL(target, encoded=True)
+
+    def _fail_fast_if_down(self) -> None:
+        """503 at once when the backend is known down, instead of piling requests onto it."""
+        health = self.health
+        if health.verdict is Health.DOWN and health.ever_up:
+            self.metrics.fail_fast.inc()
+            raise ProxyError(
+                Failure.UNAVAILABLE, "HEALTH_CHECK_FAILED", health.last_error, retry_after=1
+            )
+        if not self.circuit.allow():
+            self.metrics.fail_fast.inc()
+            raise ProxyError(
+                Failure.UNAVAILABLE, "CIRCUIT_OPEN", retry_after=self.circuit.retry_after()
+            )
+
+    # -- attempts and retries --------------------------------------------------------------
+
+    async def _send_with_retries(
+        self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
+    ) -> aiohttp.ClientResponse:
+        loop = asyncio.get_running_loop()
+        while True:
+            exchange.attempts += 1
+            if exchange.attempts > 1:
+                self.metrics.retries.inc()
+            try:
+                upstream = await self._attempt(url, headers, exchange)
+            except ProxyError as error:
+                wait = self._wait_after_failure(error, exchange)
+                if wait is None or not await self._pause(wait, exchange):
+                    raise
+                continue
+            self._note_answer(upstream.status)
+            if upstream.status not in RETRYABLE_STATUSES:
+                return upstream
+            wait = self._wait_after_status(upstream, exchange)
+            if (
+                wait is None
+                or wait >= exchange.deadline - loop.time()
+                or not self._claim_retry_budget(exchange)
+            ):
+                return upstream  # the backend's own 502/503/504 passes through as it is
+            upstream.release()
+            await asyncio.sleep(wait)
+
+    async def _attempt(
+        self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
+    ) -> aiohttp.ClientResponse:
+        """One try: connect, send, wait for the response headers, all before the deadline."""
+        assert self._session is not None
+        body = exchange.body
+        data = body.chunks() if isinstance(body, StreamedBody) else body
+        try:
+            async with asyncio.timeout_at(exchange.deadline):
+                response = await self._session.request(
+                    exchange.method, url, headers=headers, data=data, allow_redirects=False
+                )
+        except aiohttp.ConnectionTimeoutError as error:
+            self._note_failure("connect_error")
+            raise ProxyError(Failure.TIMEOUT, "ECONNTIMEOUT", str(error)) from None
+        except TimeoutError:
+            self._note_failure("timeout")
+            raise ProxyError(Failure.TIMEOUT, "ETIMEDOUT") from None
+        except aiohttp.ClientConnectorError as error:
+            refused = isinstance(error.os_error, ConnectionRefusedError)
+            self._note_failure("refused" if refused else "connect_error")
+            if refused:
+                raise ProxyError(Failure.REFUSED, "ECONNREFUSED", str(error), 1) from None
+            code = "ENOTFOUND" if isinstance(error, aiohttp.ClientConnectorDNSError) else "ECONNECT"
+            raise ProxyError(Failure.BAD_GATEWAY, code, str(error)) from None
+        except (aiohttp.ClientError, OSError) as error:
+            if isinstance(body, StreamedBody) and body.too_large:
+                self.circuit.release_probe()
+                raise ProxyError(Failure.TOO_LARGE) from None
+            self._note_failure("reset")
+            code = "ECONNRESET" if _is_reset(error) else "EBADRESPONSE"
+            cause = f"{type(error).__name__}: {error}"
+            raise ProxyError(Failure.BAD_GATEWAY, code, cause) from None
+        self.metrics.count_attempt("response")
+        return response
+
+    def _note_answer(self, status: int) -> None:
+        self.health.note_response()
+        if status in RETRYABLE_STATUSES:
+            self.circuit.record_failure()
+        else:
+            self.circuit.record_success()
+
+    def _note_failure(self, outcome: str) -> None:
+        self.metrics.count_attempt(outcome)
+        # Failures before the backend was ever up are its start-up, not an outage.
+        if self.health.ever_up:
+            self.circuit.record_failure()
+        else:
+            self.circuit.release_probe()
+        self.health.note_failure()
+
+    def _wait_after_failure(self, error: ProxyError, exchange: _Exchange) -> float | None:
+        """Seconds to wait before retrying after a transport failure, or None: do not retry."""
+        nothing_sent = error.error_code in _NOTHING_SENT
+        if exchange.body_started or not (nothing_sent or exchange.idempotent):
+            return None
+        if error.failure is Failure.TIMEOUT and not nothing_sent:
+            return None  # the deadline is spent
+        if nothing_sent and exchange.idempotent and not self.health.ever_up:
+            return _UNTIL_UP
+        if exchange.attempts >= self.config.max_attempts or not self._claim_retry_budget(exchange):
+            return None
+        return backoff_delay(exchange.attempts, self.config.retry_delay)
+
+    def _wait_after_status(
+        self, upstream: aiohttp.ClientResponse, exchange: _Exchange
+    ) -> float | None:
+        """Seconds to wait before retrying after a 502/503/504, or None: pass it through."""
+        if not exchange.idempotent or isinstance(exchange.body, StreamedBody):
+            return None
+        if exchange.attempts >= self.config.max_attempts:
+            return None
+        delay = backoff_delay(exchange.attempts, self.config.retry_delay)
+        retry_after = parse_retry_after(upstream.headers.get("Retry-After"))
+        return delay if retry_after is None else max(delay, retry_after)
+
+    def _claim_retry_budget(self, exchange: _Exchange) -> bool:
+        """One budget slot per retrying request, held until it finishes."""
+        if exchange.holds_retry_budget:
+            return True
+        if self.budget.try_acquire():
+            exchange.holds_retry_budget = True
+            return True
+        self.metrics.budget_refusals.inc()
+        return False
+
+    async def _pause(self, wait: float, exchange: _Exchange) -> bool:
+        """Wait before the next attempt; False when the deadline would pass first."""
+        loop = asyncio.get_running_loop()
+        remaining = exchange.deadline - loop.time()
+        if wait == _UNTIL_UP:
+            return await self.health.wait_until_up(remaining) and exchange.deadline > loop.time()
+        if wait >= remaining:
+            return False
+        await asyncio.sleep(wait)
+        return True
+
+    # -- the answer ------------------------------------------------------------------------
+
+    async def _respond(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: _Exchange
+    ) -> web.StreamResponse:
+        headers = downstream_response_headers(
+            upstream.headers,
+            request_id=exchange.request_id,
+            via=self.config.via,
+            api_url=self.config.api_url,
+            upstream_prefix=self.config.upstream_prefix,
+            public_prefix=self.public_prefix,
+        )
+        exchange.cors.apply(headers)
+        status = upstream.status
+        if has_no_body(exchange.method, status):
+            response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
+            await response.prepare(request)
+            return response
+        length = upstream.content_length
+        if length is not None and length <= BUFFERED_RESPONSE_BYTES:
+            try:
+                data = await read_small_body(upstream, self.config.idle_timeout)
+            except StreamBroken as broken:
+                raise ProxyError(Failure.BAD_GATEWAY, "ETRUNCATED", str(broken)) from None
+            del headers["Content-Length"]
+            self.metrics.bytes_out.inc(len(data))
+            return web.Response(status=status, reason=upstream.reason, headers=headers, body=data)
+        response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
+        await response.prepare(request)
+        try:
+            await stream_body(response, upstream, self.config.idle_timeout, self.metrics.bytes_out)
+        except StreamBroken as broken:
+            # The headers are gone already: the only honest signal left is a broken connection.
+            logger.warning("backend broke off the response body: %s", broken)
+            request.protocol.force_close()
+            return response
+        await response.write_eof()
+        return response
+
+
+def _is_reset(error: BaseException) -> bool:
+    return isinstance(error, aiohttp.ServerDisconnectedError | ConnectionResetError) or (
+        isinstance(error, aiohttp.ClientOSError) and error.errno in (104, 32)
+    )
+
+
+def _loggable_path(request: web.Request) -> str:
+    path, _, query = request.raw_path.partition("?")
+    return f"{path}?{redact_query(query)}" if query else path

@@ -1,0 +1,217 @@
+"""One typed `Settings` object for every part, read from the environment or a `.env` file.
+
+Every variable of DESIGN.md lives here, with the aliases the earlier system used (`PORT`,
+`NODE_ENV`, `NEXT_PUBLIC_API_URL`, `OPENAI_API_KEY`), so an old `.env` keeps working.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+AppEnv = Literal["development", "test", "production"]
+VideoProviderName = Literal["local", "openai"]
+
+MIN_JWT_SECRET_LENGTH = 32
+
+
+class SettingsError(Exception):
+    """Settings that cannot work, with one readable line per problem."""
+
+
+def _aliases(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    app_env: AppEnv = Field("development", validation_alias=_aliases("APP_ENV", "NODE_ENV"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=_aliases("LOG_LEVEL")
+    )
+
+    api_host: str = Field("127.0.0.1", validation_alias=_aliases("API_HOST"))
+    api_port: int = Field(3101, ge=1, le=65535, validation_alias=_aliases("API_PORT", "PORT"))
+    web_host: str = Field("127.0.0.1", validation_alias=_aliases("WEB_HOST"))
+    web_port: int = Field(3200, ge=1, le=65535, validation_alias=_aliases("WEB_PORT"))
+    api_url: str = Field(
+        "http://127.0.0.1:3101", validation_alias=_aliases("API_URL", "NEXT_PUBLIC_API_URL")
+    )
+    frontend_url: str = Field("http://localhost:3200", validation_alias=_aliases("FRONTEND_URL"))
+
+    database_url: str | None = Field(None, validation_alias=_aliases("DATABASE_URL"))
+    jwt_secret: str | None = Field(None, validation_alias=_aliases("JWT_SECRET"), repr=False)
+    data_dir: Path = Field(Path("data"), validation_alias=_aliases("DATA_DIR"))
+    log_dir: Path = Field(Path("logs"), validation_alias=_aliases("LOG_DIR"))
+
+    proxy_max_attempts: int = Field(3, ge=1, le=10, validation_alias=_aliases("PROXY_MAX_ATTEMPTS"))
+    proxy_retry_delay_ms: int = Field(
+        100, ge=0, le=60_000, validation_alias=_aliases("PROXY_RETRY_DELAY_MS")
+    )
+    proxy_request_timeout_ms: int = Field(
+        30_000, ge=10, le=3_600_000, validation_alias=_aliases("PROXY_REQUEST_TIMEOUT_MS")
+    )
+    proxy_connect_timeout_ms: int = Field(
+        1_000, ge=10, le=60_000, validation_alias=_aliases("PROXY_CONNECT_TIMEOUT_MS")
+    )
+    proxy_idle_timeout_ms: int = Field(
+        30_000, ge=10, le=3_600_000, validation_alias=_aliases("PROXY_IDLE_TIMEOUT_MS")
+    )
+    proxy_health_check_ttl_ms: int = Field(
+        5_000, ge=50, le=600_000, validation_alias=_aliases("PROXY_HEALTH_CHECK_TTL_MS")
+    )
+    proxy_max_body_bytes: int = Field(
+        52_428_800, ge=0, validation_alias=_aliases("PROXY_MAX_BODY_BYTES")
+    )
+    proxy_circuit_failure_threshold: int = Field(
+        5, ge=1, le=1_000, validation_alias=_aliases("PROXY_CIRCUIT_FAILURE_THRESHOLD")
+    )
+    proxy_circuit_open_ms: int = Field(
+        500, ge=10, le=600_000, validation_alias=_aliases("PROXY_CIRCUIT_OPEN_MS")
+    )
+    proxy_retry_budget_ratio: float = Field(
+        0.2, ge=0.0, le=1.0, validation_alias=_aliases("PROXY_RETRY_BUDGET_RATIO")
+    )
+    proxy_trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_aliases("PROXY_TRUSTED_PROXIES")
+    )
+
+    video_provider: VideoProviderName = Field("local", validation_alias=_aliases("VIDEO_PROVIDER"))
+    openai_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_aliases("OPENAI_API_KEYS", "OPENAI_API_KEY"),
+        repr=False,
+    )
+    openai_base_url: str = Field(
+        "https://api.openai.com/v1", validation_alias=_aliases("OPENAI_BASE_URL")
+    )
+
+    @field_validator("app_env", mode="before")
+    @classmethod
+    def _normalise_env(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("proxy_trusted_proxies", "openai_api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("proxy_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 127.0.0.1 or 10.0.0.0/8)"
+                ) from None
+        return value
+
+    @field_validator("api_url", "frontend_url", "openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"{value!r} must be an absolute http(s) URL such as http://127.0.0.1:3101"
+            )
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise ValueError(f"{value!r} has an invalid port") from None
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _production_needs_a_secret(self) -> Settings:
+        weak = not self.jwt_secret or len(self.jwt_secret) < MIN_JWT_SECRET_LENGTH
+        if self.app_env == "production" and weak:
+            raise ValueError(
+                f"JWT_SECRET must be set to at least {MIN_JWT_SECRET_LENGTH} random characters "
+                "in production (generate one: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(48))')"
+            )
+        return self
+
+    @property
+    def is_development(self) -> bool:
+        return self.app_env == "development"
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+    @property
+    def api_origin(self) -> str:
+        """`API_URL` reduced to scheme://host[:port]: the only place the proxy may reach."""
+        parts = urlsplit(self.api_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def frontend_origin(self) -> str:
+        parts = urlsplit(self.frontend_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy async URL: `DATABASE_URL`, or a SQLite file under `DATA_DIR`."""
+        url = self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'sora2.db').resolve()}"
+        for plain, driver in (
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        return url
+
+    def resolved_jwt_secret(self) -> str:
+        """`JWT_SECRET`, or in development/test one generated once and kept under `DATA_DIR`."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        path = self.data_dir / ".jwt_secret"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(48)
+        path.write_text(secret)
+        path.chmod(0o600)
+        return secret
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per invalid variable, named as the user writes it in the environment."""
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "settings"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        lines.append(f"  {field.upper()}: {message}")
+    return "Invalid settings:\n" + "\n".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's report into a `SettingsError` a person can act on."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None

@@ -1,0 +1,1 @@
+"""The frontend service: pages, static assets and the mounted resilient proxy."""

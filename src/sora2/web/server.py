@@ -1,0 +1,27 @@
+"""Runs the web service on aiohttp with uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvloop
+from aiohttp import web
+
+from sora2.logs import configure_logging
+from sora2.settings import Settings
+from sora2.web.app import create_app
+
+
+def serve(settings: Settings) -> None:
+    configure_logging("web", level=settings.log_level, log_dir=settings.log_dir)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    web.run_app(
+        create_app(settings),
+        host=settings.web_host,
+        port=settings.web_port,
+        access_log=None,
+        # A client that goes away cancels its handler, which cancels the upstream request.
+        handler_cancellation=True,
+        shutdown_timeout=10,
+        print=None,
+    )
