@@ -20,4 +20,6 @@ def mount_proxy(app: web.Application, proxy: Proxy) -> None:
     app.cleanup_ctx.append(lifecycle)
     prefix = proxy.public_prefix
     app.router.add_route("*", prefix, proxy.handle)
-    app.router.add_route("*", prefix + "/{tail:.*}", proxy.handle)
+    # [\s\S] rather than '.': a path with an encoded newline must reach the proxy's own check
+    # (and its clear 400), not fall through to a bare 404.
+    app.router.add_route("*", prefix + "/{tail:[\\s\\S]*}", proxy.handle)

@@ -30,14 +30,17 @@ def _check_decoded(path: str) -> None:
         raise UnsafePath("a backslash")
     if "//" in path:
         raise UnsafePath("an empty segment ('//')")
-    if _SCHEME.match(path):
+    if _SCHEME.match(path.removeprefix("/")):
         raise UnsafePath("a URL scheme")
     if any(segment in (".", "..") for segment in path.split("/")):
         raise UnsafePath("a '.' or '..' segment")
 
 
 def checked_upstream_path(raw_path: str) -> str:
-    """The raw path, unchanged, if no decoding of it escapes; otherwise `UnsafePath`."""
+    """The raw path after the proxy prefix (empty or starting with '/'), unchanged, if no
+    decoding of it escapes; otherwise `UnsafePath`."""
+    if raw_path and not raw_path.startswith("/"):
+        raise UnsafePath("no '/' after the proxy prefix")
     candidate = raw_path
     for _ in range(_MAX_DECODINGS):
         _check_decoded(candidate)

@@ -245,7 +245,7 @@ class Proxy:
             raise ProxyError(Failure.BAD_PATH, detail="a path outside the proxy prefix")
         tail = path[len(prefix) :]
         try:
-            checked_upstream_path(tail.removeprefix("/"))
+            checked_upstream_path(tail)
         except UnsafePath as unsafe:
             raise ProxyError(Failure.BAD_PATH, detail=unsafe.reason) from None
         target = self._upstream_base + tail

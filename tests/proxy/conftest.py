@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from sora2.proxy import Proxy, ProxyConfig, mount_proxy
+from tests.fakes.backend import BackendState, create_backend
+from tests.fakes.fault_relay import FaultRelay
+from tests.fakes.servers import RunningServer, start_app
+
+FRONTEND = "http://app.example:3200"
+
+
+@dataclasses.dataclass
+class ProxyUnderTest:
+    proxy: Proxy
+    server: RunningServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url + "/api/proxy"
+
+
+@pytest.fixture
+async def backend_state() -> BackendState:
+    return BackendState()
+
+
+@pytest.fixture
+async def backend(backend_state: BackendState) -> AsyncIterator[RunningServer]:
+    server = await start_app(create_backend(backend_state))
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def relay(backend: RunningServer) -> AsyncIterator[FaultRelay]:
+    relay = FaultRelay(backend.port)
+    await relay.start()
+    yield relay
+    await relay.stop()
+
+
+def config_for(api_url: str, **overrides: Any) -> ProxyConfig:
+    defaults: dict[str, Any] = {
+        "api_url": api_url,
+        "allowed_origins": frozenset({FRONTEND}),
+        "retry_delay": 0.01,
+        "request_timeout": 5.0,
+        "connect_timeout": 0.5,
+        "idle_timeout": 2.0,
+        "health_ttl": 5.0,
+    }
+    defaults.update(overrides)
+    return ProxyConfig(**defaults)
+
+
+MakeProxy = Callable[..., Awaitable[ProxyUnderTest]]
+
+
+@pytest.fixture
+async def make_proxy() -> AsyncIterator[MakeProxy]:
+    running: list[RunningServer] = []
+
+    async def make(api_url: str, **overrides: Any) -> ProxyUnderTest:
+        proxy = Proxy(config_for(api_url, **overrides))
+        app = web.Application()
+        mount_proxy(app, proxy)
+        server = await start_app(app)
+        running.append(server)
+        return ProxyUnderTest(proxy, server)
+
+    yield make
+    for server in running:
+        await server.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, interval: float = 0.01
+) -> None:
+    """Wait until `condition()` holds, failing the test when `timeout` passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
