@@ -1,7 +1,9 @@
 """A TCP relay between the proxy and its backend that injects real faults on loopback.
 
 Each accepted connection is handled by the fault at the front of `faults` (then removed), or by
-`default` when the queue is empty:
+`default` when the queue is empty. Health checks (`GET /api/health…`) always pass, so background
+checks never consume a fault meant for a request; the proxy under test should not reuse
+connections (`keepalive_timeout=0`), so that every request meets a fault of its own.
 
 - PASS: relay both ways untouched.
 - RESET_BEFORE_REQUEST: accept, then reset (RST) before reading a byte.
@@ -39,16 +41,14 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-async def _read_request(reader: asyncio.StreamReader) -> bytes:
-    """One HTTP/1.1 request with a Content-Length body (enough for the tests that use it)."""
-    head = await reader.readuntil(b"\r\n\r\n")
+async def _read_body(head: bytes, reader: asyncio.StreamReader) -> bytes:
+    """The body of a request with a Content-Length (enough for the tests that use it)."""
     length = 0
     for line in head.split(b"\r\n"):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value.strip())
-    body = await reader.readexactly(length) if length else b""
-    return head + body
+    return await reader.readexactly(length) if length else b""
 
 
 class FaultRelay:
@@ -86,16 +86,21 @@ class FaultRelay:
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        fault = self.faults.popleft() if self.faults else self.default
-        self.faults_applied.append(fault)
-        task = asyncio.get_running_loop().create_task(self._handle(fault, reader, writer))
+        task = asyncio.get_running_loop().create_task(self._handle(reader, writer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(
-        self, fault: Fault, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def _next_fault(self, head: bytes) -> Fault:
+        if head.startswith(b"GET /api/health"):
+            return Fault.PASS
+        fault = self.faults.popleft() if self.faults else self.default
+        self.faults_applied.append(fault)
+        return fault
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            fault = self._next_fault(head)
             if fault is Fault.RESET_BEFORE_REQUEST:
                 _reset(writer)
                 return
@@ -104,11 +109,12 @@ class FaultRelay:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.backend_port)
             try:
                 if fault is Fault.RESET_AFTER_REQUEST:
-                    up_writer.write(await _read_request(reader))
+                    up_writer.write(head + await _read_body(head, reader))
                     await up_writer.drain()
                     await up_reader.readuntil(b"\r\n\r\n")  # the backend has acted on it
                     _reset(writer)
                     return
+                up_writer.write(head)
                 limit = self.truncate_after if fault is Fault.TRUNCATE else None
                 await asyncio.gather(
                     self._pipe(reader, up_writer, None),

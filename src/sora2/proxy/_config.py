@@ -35,6 +35,9 @@ class ProxyConfig:
     development: bool = False
     pool_size: int = 256
     keepalive_timeout: float = 4.0
+    """Seconds an idle pooled connection is kept; 0 disables reuse (a connection per request).
+    Keep it below the backend's own keep-alive timeout, or a reused connection may be closed
+    under a request that then cannot safely be retried."""
     via: str = field(default="1.1 sora2")
 
     @property

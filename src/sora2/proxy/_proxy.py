@@ -104,9 +104,11 @@ class Proxy:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        reuse = self.config.keepalive_timeout > 0
         connector = aiohttp.TCPConnector(
             limit=self.config.pool_size,
-            keepalive_timeout=self.config.keepalive_timeout,
+            keepalive_timeout=self.config.keepalive_timeout if reuse else None,
+            force_close=not reuse,
             ttl_dns_cache=60,
         )
         self._session = aiohttp.ClientSession(
