@@ -259,7 +259,7 @@ async def test_circuit_opens_fails_fast_and_recovers_within_a_second(
     async def known_down() -> bool:
         async with client.get(proxy.url + "/echo/x") as response:
             body = await response.json()
-            return body.get("error") == "Backend API Unavailable"
+            return bool(body.get("error") == "Backend API Unavailable")
 
     await eventually(known_down)
     started = time.monotonic()
