@@ -156,10 +156,14 @@ async def big(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     chunk = _PATTERN * 4  # 256 KiB
     sent = 0
-    while sent < total:
-        piece = chunk[: total - sent]
-        await response.write(piece)
-        sent += len(piece)
+    try:
+        while sent < total:
+            piece = chunk[: total - sent]
+            await response.write(piece)
+            sent += len(piece)
+    except (ConnectionError, asyncio.CancelledError):
+        _state(request).cancelled += 1
+        raise
     await response.write_eof()
     return response
 

@@ -219,6 +219,21 @@ async def test_client_disconnect_cancels_the_upstream_request(
     await eventually(lambda: backend_state.cancelled == 1)
 
 
+async def test_client_leaving_mid_download_stops_the_upstream_transfer(
+    backend: RunningServer,
+    backend_state: BackendState,
+    make_proxy: MakeProxy,
+    client: aiohttp.ClientSession,
+) -> None:
+    proxy = await make_proxy(backend.url)
+    response = await client.get(proxy.url + "/big?mib=256")
+    await response.content.readexactly(1024 * 1024)
+    response.close()
+    await eventually(lambda: backend_state.cancelled == 1)
+    async with client.get(proxy.url + "/echo/still-fine") as response:
+        assert response.status == 200
+
+
 async def test_no_health_call_on_the_success_path(
     backend: RunningServer,
     backend_state: BackendState,

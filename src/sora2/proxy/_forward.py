@@ -25,6 +25,10 @@ class BodyTooLarge(Exception):
     """The client sent more body than the proxy accepts."""
 
 
+class ClientGone(Exception):
+    """The client went away before its request or our answer was complete."""
+
+
 class StreamedBody:
     """A request body forwarded as it arrives. It can be sent again only if no byte was read yet."""
 
@@ -58,7 +62,10 @@ async def read_request_body(request: web.Request, limit: int) -> RequestBody:
     if length is not None and length > limit:
         raise BodyTooLarge
     if length is not None and length <= REPLAYABLE_BODY_BYTES:
-        return await request.content.readexactly(length)
+        try:
+            return await request.content.readexactly(length)
+        except asyncio.IncompleteReadError:
+            raise ClientGone from None
     return StreamedBody(request.content, limit)
 
 
@@ -99,10 +106,13 @@ async def stream_body(
     written: Counter,
 ) -> None:
     """Copy the body chunk by chunk, counting bytes into `written`. Raises `StreamBroken` if the
-    backend fails or stalls mid-way, `ConnectionError` if the client goes away."""
+    backend fails or stalls mid-way, `ClientGone` if the client goes away."""
     while True:
         chunk = await _read_chunk(upstream, idle_timeout)
         if not chunk:
             return
-        await response.write(chunk)
+        try:
+            await response.write(chunk)
+        except ConnectionError:
+            raise ClientGone from None
         written.inc(len(chunk))

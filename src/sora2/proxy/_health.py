@@ -21,6 +21,9 @@ logger = logging.getLogger("sora2.proxy.health")
 FAST_INTERVAL = 0.25
 # However much failing traffic asks for a check, active checks are at least this far apart.
 MIN_CHECK_GAP = 0.05
+# A refused connection is proof enough; a slow or failing answer must repeat before the backend
+# is declared down, so one slow health check under load does not turn traffic away.
+FAILURES_BEFORE_DOWN = 2
 
 
 class Health(enum.Enum):
@@ -52,6 +55,7 @@ class HealthMonitor:
         self._wake = asyncio.Event()
         self.ever_up = False
         self.last_error = ""
+        self._failed_checks = 0
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -93,6 +97,7 @@ class HealthMonitor:
 
     async def check(self) -> Health:
         self._probed_at = self._loop.time()
+        refused = False
         try:
             async with self._session.get(
                 self._url, timeout=self._timeout, allow_redirects=False
@@ -102,9 +107,16 @@ class HealthMonitor:
                 self.last_error = "" if healthy else f"health check answered {response.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             healthy = False
-            self.last_error = type(error).__name__
+            refused = isinstance(error, aiohttp.ClientConnectorError) and isinstance(
+                error.os_error, ConnectionRefusedError
+            )
+            self.last_error = "connection refused" if refused else type(error).__name__
         self._checked_at = self._loop.time()
-        self._mark(Health.UP if healthy else Health.DOWN)
+        self._failed_checks = 0 if healthy else self._failed_checks + 1
+        if healthy:
+            self._mark(Health.UP)
+        elif refused or self._failed_checks >= FAILURES_BEFORE_DOWN:
+            self._mark(Health.DOWN)
         return self._verdict
 
     def _mark(self, verdict: Health) -> None:

@@ -25,6 +25,7 @@ from sora2.proxy._errors import Failure, ProxyError, error_response
 from sora2.proxy._forward import (
     BUFFERED_RESPONSE_BYTES,
     BodyTooLarge,
+    ClientGone,
     RequestBody,
     StreamBroken,
     StreamedBody,
@@ -168,6 +169,10 @@ class Proxy:
                 response = await self._exchange(request, exchange)
             except ProxyError as error:
                 response = self._error(error, exchange)
+            except ClientGone:
+                # Nobody is left to answer; end the connection without an error trace.
+                request.protocol.force_close()
+                return web.Response(status=499)
             status = response.status
             return response
         finally:
