@@ -8,11 +8,10 @@ server-sent events reach the client as they are produced.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import Counter
 
 # Request bodies up to this size are buffered so a retry can re-send them.
 REPLAYABLE_BODY_BYTES = 64 * 1024
@@ -77,10 +76,11 @@ class StreamBroken(Exception):
     """The backend stalled or broke off mid-body; the client's response must end broken too."""
 
 
-async def _read_chunk(upstream: aiohttp.ClientResponse, idle_timeout: float) -> bytes:
+async def _read(read: Callable[[], Awaitable[bytes]]) -> bytes:
+    """One read of the upstream body. Silence longer than the idle timeout is enforced by the
+    client session's `sock_read` timeout, which costs one timer per socket, not one per read."""
     try:
-        async with asyncio.timeout(idle_timeout):
-            return await upstream.content.readany()
+        return await read()
     except TimeoutError:
         raise StreamBroken("idle timeout") from None
     except aiohttp.ClientPayloadError as error:
@@ -89,30 +89,23 @@ async def _read_chunk(upstream: aiohttp.ClientResponse, idle_timeout: float) -> 
         raise StreamBroken(type(error).__name__) from None
 
 
-async def read_small_body(upstream: aiohttp.ClientResponse, idle_timeout: float) -> bytes:
-    try:
-        async with asyncio.timeout(idle_timeout):
-            return await upstream.read()
-    except TimeoutError:
-        raise StreamBroken("idle timeout") from None
-    except (aiohttp.ClientError, OSError) as error:
-        raise StreamBroken(type(error).__name__) from None
+async def read_small_body(upstream: aiohttp.ClientResponse) -> bytes:
+    return await _read(upstream.read)
 
 
 async def stream_body(
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
-    idle_timeout: float,
-    written: Counter,
+    count_bytes: Callable[[int], None],
 ) -> None:
-    """Copy the body chunk by chunk, counting bytes into `written`. Raises `StreamBroken` if the
-    backend fails or stalls mid-way, `ClientGone` if the client goes away."""
+    """Copy the body chunk by chunk, reporting each chunk's size to `count_bytes`. Raises
+    `StreamBroken` if the backend fails or stalls mid-way, `ClientGone` if the client leaves."""
     while True:
-        chunk = await _read_chunk(upstream, idle_timeout)
+        chunk = await _read(upstream.content.readany)
         if not chunk:
             return
         try:
             await response.write(chunk)
         except ConnectionError:
             raise ClientGone from None
-        written.inc(len(chunk))
+        count_bytes(len(chunk))

@@ -21,6 +21,7 @@ from sora2.logs import redact_query, request_id_var
 from sora2.proxy._circuit import CircuitBreaker, CircuitState
 from sora2.proxy._config import ProxyConfig
 from sora2.proxy._cors import CorsDecision, CorsPolicy
+from sora2.proxy._deadline import Deadline
 from sora2.proxy._errors import Failure, ProxyError, error_response
 from sora2.proxy._forward import (
     BUFFERED_RESPONSE_BYTES,
@@ -72,6 +73,8 @@ class _Exchange:
     body: RequestBody = None
     attempts: int = 0
     holds_retry_budget: bool = False
+    waiting_for_start: ProxyError | None = None
+    """The failure a request is holding on to while it waits for a starting backend."""
 
     @property
     def body_started(self) -> bool:
@@ -118,7 +121,13 @@ class Proxy:
             # The proxy serves many users: it must never keep one user's cookies for another.
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=_SKIP_AUTO_HEADERS,
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.config.connect_timeout),
+            # The request deadline is a `Deadline` per request; `sock_read` is the idle timeout:
+            # the longest the backend may stay silent once the request is sent.
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=self.config.connect_timeout,
+                sock_read=self.config.idle_timeout,
+            ),
         )
         self._health = HealthMonitor(
             session=self._session,
@@ -141,7 +150,7 @@ class Proxy:
         return self._health
 
     def _circuit_changed(self, state: CircuitState) -> None:
-        self.metrics.set_circuit(state)
+        self.metrics.circuit_state = state
         if state is CircuitState.OPEN:
             logger.warning("circuit opened: backend %s is failing", self.config.api_url)
             if self._health is not None:
@@ -180,8 +189,7 @@ class Proxy:
             if exchange.holds_retry_budget:
                 self.budget.release()
             duration = time.perf_counter() - started
-            self.metrics.count_request(status or 499)
-            self.metrics.duration.observe(duration)
+            self.metrics.count_request(status or 499, duration)
             logger.info(
                 "%s %s %s attempts=%d duration=%.1fms",
                 exchange.method,
@@ -228,11 +236,7 @@ class Proxy:
             trusted=self.config.trusted_proxies,
             via=self.config.via,
         )
-        try:
-            upstream = await self._send_with_retries(url, headers, exchange)
-        except asyncio.CancelledError:
-            self.circuit.release_probe()  # the client left; the probe told us nothing
-            raise
+        upstream = await self._send_before_deadline(url, headers, exchange)
         try:
             return await self._respond(request, upstream, exchange)
         finally:
@@ -241,9 +245,9 @@ class Proxy:
 
     def _count_request_bytes(self, body: RequestBody) -> None:
         if isinstance(body, StreamedBody):
-            self.metrics.bytes_in.inc(body.sent)
+            self.metrics.bytes_in += body.sent
         elif body:
-            self.metrics.bytes_in.inc(len(body))
+            self.metrics.bytes_in += len(body)
 
     def _upstream_url(self, request: web.Request) -> URL:
         path, _, query = request.raw_path.partition("?")
@@ -264,17 +268,35 @@ class Proxy:
         """503 at once when the backend is known down, instead of piling requests onto it."""
         health = self.health
         if health.verdict is Health.DOWN and health.ever_up:
-            self.metrics.fail_fast.inc()
+            self.metrics.fail_fast += 1
             raise ProxyError(
                 Failure.UNAVAILABLE, "HEALTH_CHECK_FAILED", health.last_error, retry_after=1
             )
         if not self.circuit.allow():
-            self.metrics.fail_fast.inc()
+            self.metrics.fail_fast += 1
             raise ProxyError(
                 Failure.UNAVAILABLE, "CIRCUIT_OPEN", retry_after=self.circuit.retry_after()
             )
 
     # -- attempts and retries --------------------------------------------------------------
+
+    async def _send_before_deadline(
+        self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
+    ) -> aiohttp.ClientResponse:
+        deadline = Deadline(exchange.deadline)
+        try:
+            return await self._send_with_retries(url, headers, exchange)
+        except asyncio.CancelledError:
+            if not deadline.expired:
+                self.circuit.release_probe()  # the client left; the probe told us nothing
+                raise
+            deadline.absorb()
+        finally:
+            deadline.disarm()
+        if exchange.waiting_for_start is not None:
+            raise exchange.waiting_for_start  # the backend never came up in time
+        self._note_failure("timeout")
+        raise ProxyError(Failure.TIMEOUT, "ETIMEDOUT")
 
     async def _send_with_retries(
         self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
@@ -283,12 +305,12 @@ class Proxy:
         while True:
             exchange.attempts += 1
             if exchange.attempts > 1:
-                self.metrics.retries.inc()
+                self.metrics.retries += 1
             try:
                 upstream = await self._attempt(url, headers, exchange)
             except ProxyError as error:
                 wait = self._wait_after_failure(error, exchange)
-                if wait is None or not await self._pause(wait, exchange):
+                if wait is None or not await self._pause(wait, exchange, error):
                     raise
                 continue
             self._note_answer(upstream.status)
@@ -312,14 +334,14 @@ class Proxy:
         body = exchange.body
         data = body.chunks() if isinstance(body, StreamedBody) else body
         try:
-            async with asyncio.timeout_at(exchange.deadline):
-                response = await self._session.request(
-                    exchange.method, url, headers=headers, data=data, allow_redirects=False
-                )
+            response = await self._session.request(
+                exchange.method, url, headers=headers, data=data, allow_redirects=False
+            )
         except aiohttp.ConnectionTimeoutError as error:
             self._note_failure("connect_error")
             raise ProxyError(Failure.TIMEOUT, "ECONNTIMEOUT", str(error)) from None
         except TimeoutError:
+            # The backend stayed silent longer than the idle timeout after the request was sent.
             self._note_failure("timeout")
             raise ProxyError(Failure.TIMEOUT, "ETIMEDOUT") from None
         except aiohttp.ClientConnectorError as error:
@@ -388,15 +410,18 @@ class Proxy:
         if self.budget.try_acquire():
             exchange.holds_retry_budget = True
             return True
-        self.metrics.budget_refusals.inc()
+        self.metrics.budget_refusals += 1
         return False
 
-    async def _pause(self, wait: float, exchange: _Exchange) -> bool:
+    async def _pause(self, wait: float, exchange: _Exchange, error: ProxyError) -> bool:
         """Wait before the next attempt; False when the deadline would pass first."""
         loop = asyncio.get_running_loop()
         remaining = exchange.deadline - loop.time()
         if wait == _UNTIL_UP:
-            return await self.health.wait_until_up(remaining) and exchange.deadline > loop.time()
+            exchange.waiting_for_start = error
+            up = await self.health.wait_until_up(remaining)
+            exchange.waiting_for_start = None
+            return up
         if wait >= remaining:
             return False
         await asyncio.sleep(wait)
@@ -424,16 +449,16 @@ class Proxy:
         length = upstream.content_length
         if length is not None and length <= BUFFERED_RESPONSE_BYTES:
             try:
-                data = await read_small_body(upstream, self.config.idle_timeout)
+                data = await read_small_body(upstream)
             except StreamBroken as broken:
                 raise ProxyError(Failure.BAD_GATEWAY, "ETRUNCATED", str(broken)) from None
             del headers["Content-Length"]
-            self.metrics.bytes_out.inc(len(data))
+            self.metrics.bytes_out += len(data)
             return web.Response(status=status, reason=upstream.reason, headers=headers, body=data)
         response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
         await response.prepare(request)
         try:
-            await stream_body(response, upstream, self.config.idle_timeout, self.metrics.bytes_out)
+            await stream_body(response, upstream, self.metrics.add_bytes_out)
         except StreamBroken as broken:
             # The headers are gone already: the only honest signal left is a broken connection.
             logger.warning("backend broke off the response body: %s", broken)
