@@ -32,6 +32,23 @@ async def test_hop_by_hop_request_headers_are_not_forwarded(
     assert received["authorization"] == ["Bearer token-for-backend"]
 
 
+async def test_the_proxy_adds_no_request_headers_of_its_own(
+    backend: RunningServer, make_proxy: MakeProxy
+) -> None:
+    proxy = await make_proxy(backend.url)
+    async with (
+        aiohttp.ClientSession(
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+        ) as bare,
+        bare.post(proxy.url + "/echo/plain", data=b"raw") as response,
+    ):
+        received = (await response.json())["headers"]
+    assert set(received) == {
+        "host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+        "via", "x-request-id",
+    }  # fmt: skip
+
+
 async def test_end_to_end_response_headers_are_kept_and_hop_by_hop_dropped(
     backend: RunningServer, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:

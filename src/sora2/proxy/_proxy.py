@@ -53,7 +53,21 @@ from sora2.proxy._retry import (
 
 logger = logging.getLogger("sora2.proxy")
 
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# aiohttp's client adds Accept, Accept-Encoding, User-Agent and Content-Type when they are absent;
+# a proxy must forward the client's headers as they are (an added Accept-Encoding would get the
+# client a compressed body it never asked for). `skip_auto_headers` does this at a cost of a
+# sort and two header copies per request, so the request class declares it once instead.
+# tests/proxy/test_headers.py checks that nothing is added, should aiohttp change.
+_NO_AUTO_HEADERS: CIMultiDict[None] = CIMultiDict(
+    (name, None) for name in ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+)
+
+
+class _ForwardingRequest(aiohttp.ClientRequest):
+    def update_auto_headers(self, skip_auto_headers: object) -> None:
+        self._skip_auto_headers = _NO_AUTO_HEADERS
+
+
 # Failures where the backend received nothing: a retry is safe whatever the method.
 _NOTHING_SENT = frozenset({"ECONNREFUSED", "ECONNECT", "ENOTFOUND", "ECONNTIMEOUT"})
 # A retry wait meaning "until the starting backend answers its health check".
@@ -120,7 +134,7 @@ class Proxy:
             auto_decompress=False,
             # The proxy serves many users: it must never keep one user's cookies for another.
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
+            request_class=_ForwardingRequest,
             # The request deadline is a `Deadline` per request; `sock_read` is the idle timeout:
             # the longest the backend may stay silent once the request is sent.
             timeout=aiohttp.ClientTimeout(
