@@ -11,6 +11,9 @@ import re
 from urllib.parse import unquote
 
 _MAX_DECODINGS = 3
+# Segments of unreserved and sub-delim characters only, no '%' and no dot-only segment: nothing
+# to decode, nothing to escape with. Nearly every real path is this, and needs one match.
+_PLAIN = re.compile(r"(/(?!\.{1,2}(?:/|$))[A-Za-z0-9_\-.~!$&'()*+,;=@]+)*/?")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -39,6 +42,8 @@ def _check_decoded(path: str) -> None:
 def checked_upstream_path(raw_path: str) -> str:
     """The raw path after the proxy prefix (empty or starting with '/'), unchanged, if no
     decoding of it escapes; otherwise `UnsafePath`."""
+    if _PLAIN.fullmatch(raw_path):
+        return raw_path
     if raw_path and not raw_path.startswith("/"):
         raise UnsafePath("no '/' after the proxy prefix")
     candidate = raw_path
