@@ -9,6 +9,7 @@ connections (`keepalive_timeout=0`), so that every request meets a fault of its 
 - RESET_BEFORE_REQUEST: accept, then reset (RST) before reading a byte.
 - RESET_AFTER_REQUEST: read the request head and body, forward them to the backend (so it acts
   on them), then reset the client's connection before any response byte.
+- RESET_MID_BODY: read the request head and some body bytes, then reset (the backend gets none).
 - TRUNCATE: relay, but cut the response off after `truncate_after` bytes (then close cleanly).
 - STALL: accept and read, never answer.
 Refusing connections is the relay being stopped; `blackhole_port` gives a port whose connects hang.
@@ -29,6 +30,7 @@ class Fault(enum.Enum):
     PASS = "pass"
     RESET_BEFORE_REQUEST = "reset_before_request"
     RESET_AFTER_REQUEST = "reset_after_request"
+    RESET_MID_BODY = "reset_mid_body"
     TRUNCATE = "truncate"
     STALL = "stall"
 
@@ -102,6 +104,10 @@ class FaultRelay:
             head = await reader.readuntil(b"\r\n\r\n")
             fault = self._next_fault(head)
             if fault is Fault.RESET_BEFORE_REQUEST:
+                _reset(writer)
+                return
+            if fault is Fault.RESET_MID_BODY:
+                await reader.read(1)  # the proxy has started sending the body
                 _reset(writer)
                 return
             if fault is Fault.STALL:

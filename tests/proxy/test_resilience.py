@@ -47,6 +47,27 @@ async def test_post_with_idempotency_key_is_retried_after_reset(
     assert backend_state.count("keyed") == 1
 
 
+async def test_streamed_body_is_never_resent_once_its_first_byte_left(
+    relay: FaultRelay,
+    backend_state: BackendState,
+    make_proxy: MakeProxy,
+    client: aiohttp.ClientSession,
+) -> None:
+    proxy = await make_proxy(relay.url, keepalive_timeout=0)
+
+    async def upload():
+        for _ in range(20):
+            yield b"x" * 100_000
+
+    relay.faults.append(Fault.RESET_MID_BODY)
+    headers = {"Idempotency-Key": "upload-1"}  # retrying would be allowed, were the body replayable
+    async with client.put(proxy.url + "/echo/upload", data=upload(), headers=headers) as response:
+        assert response.status == 502
+        assert (await response.json())["details"]["attempts"] == 1
+    assert relay.faults_applied == [Fault.RESET_MID_BODY]
+    assert backend_state.received == []
+
+
 async def test_get_reset_before_response_is_retried(
     relay: FaultRelay,
     backend_state: BackendState,
