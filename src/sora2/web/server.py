@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import uvloop
 from aiohttp import web
@@ -11,9 +12,18 @@ from sora2.logs import configure_logging
 from sora2.settings import Settings
 from sora2.web.app import create_app
 
+logger = logging.getLogger("sora2.web")
+
 
 def serve(settings: Settings) -> None:
     configure_logging("web", level=settings.log_level, log_dir=settings.log_dir)
+    logger.info(
+        "web listening on http://%s:%d, proxying /api/proxy to %s (%s)",
+        settings.web_host,
+        settings.web_port,
+        settings.api_url,
+        settings.app_env,
+    )
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(
         create_app(settings),
