@@ -1,4 +1,9 @@
-"""The `sora2` command: serve one service, run the dev stack, diagnose, manage the database."""
+"""The `sora2` command: serve one service, run the dev stack, diagnose, manage the database.
+
+Each domain contributes its own subcommands through a ``register(commands)`` function, so this
+module only assembles them. Handlers load settings themselves (``settings_or_exit``): a command
+such as ``sora2 doctor`` must still run, and explain, when the settings are invalid.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,24 @@ from collections.abc import Sequence
 from sora2.settings import Settings, SettingsError, load_settings
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> int:
+class CommandExit(Exception):
+    """Raised by a handler to end the command with a message and an exit status."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def settings_or_exit() -> Settings:
+    """The validated settings, or a `CommandExit` naming every invalid variable."""
+    try:
+        return load_settings()
+    except SettingsError as error:
+        raise CommandExit(str(error)) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = settings_or_exit()
     if args.service == "api":
         from sora2.api.server import serve as serve_api
 
@@ -21,22 +43,24 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sora2", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _register_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run one service in the foreground")
     serve.add_argument("service", choices=["api", "web"])
     serve.set_defaults(handler=_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sora2", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _register_serve(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings()
-    except SettingsError as error:
+        code: int = args.handler(args)
+    except CommandExit as error:
         print(f"sora2: {error}", file=sys.stderr)
-        return 2
-    code: int = args.handler(args, settings)
+        return error.code
     return code
