@@ -11,10 +11,9 @@ from typing import Any, TypeVar
 from sora2.cli import CommandExit, settings_or_exit
 
 T = TypeVar("T")
-Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
-def register(commands: Commands) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     db = commands.add_parser("db", help="database migrations")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser("upgrade", help="apply pending migrations").set_defaults(
