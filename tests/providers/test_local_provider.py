@@ -130,7 +130,7 @@ async def test_progress_rises_without_going_back_and_ends_at_100(
 async def test_cancel_stops_the_render_and_can_be_repeated(
     provider: LocalProvider, tmp_path: Path
 ) -> None:
-    job_id = await provider.start(request("640x360", 12))
+    job_id = await provider.start(request("1280x720", 12))
     await wait_until_started(provider, job_id)
 
     await provider.cancel(job_id)
@@ -177,7 +177,7 @@ from sora2.api.providers.local import LocalProvider
 
 async def main():
     provider = LocalProvider(Path(sys.argv[1]))
-    job_id = await provider.start(GenerationRequest("crash test", "sora-2", 12, "640x360"))
+    job_id = await provider.start(GenerationRequest("crash test", "sora-2", 8, "1280x720"))
     while (await provider.status(job_id)).progress == 0:
         await asyncio.sleep(0.01)
     print(job_id, flush=True)
