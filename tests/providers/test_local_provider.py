@@ -276,3 +276,83 @@ async def test_from_settings_works_under_the_data_dir(tmp_path: Path) -> None:
         }
     finally:
         await provider.close()
+
+
+async def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_cancel_from_another_process_stops_the_render_where_it_runs(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "local-provider"
+    rendering, other = LocalProvider(root), LocalProvider(root)
+    try:
+        job_id = await rendering.start(request("1280x720", 12))
+        await wait_until_started(rendering, job_id)
+
+        await other.cancel(job_id)
+
+        await wait_for(lambda: rendering.health()["running"] == 0, "the render process ended")
+        job = await rendering.status(job_id)
+        assert (job.status, job.error_code) == ("failed", "cancelled")
+        assert not JobFolder(root / job_id).video.exists()
+    finally:
+        await rendering.close()
+        await other.close()
+
+
+async def wait_for_new_renderer(
+    provider: LocalProvider, job_id: str, folder: JobFolder, old: set[int]
+) -> int:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        await provider.status(job_id)  # the poll that notices a dead render and restarts it
+        pid = folder.renderer_pid()
+        if pid is not None and pid not in old and folder.is_being_rendered():
+            return pid
+        await asyncio.sleep(0.01)
+    raise AssertionError("no new renderer took the job")
+
+
+async def test_a_render_that_keeps_dying_fails_instead_of_looping(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    job_id = await provider.start(request("1280x720", 12))
+    folder = JobFolder(tmp_path / "local-provider" / job_id)
+    killed: set[int] = set()
+    for _ in range(3):
+        pid = await wait_for_new_renderer(provider, job_id, folder, killed)
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+        await wait_for(lambda: not folder.is_being_rendered(), "the renderer died")
+
+    job = (await wait_until_final(provider, job_id))[-1]
+    assert (job.status, job.error_code) == ("failed", "render_crashed")
+    assert "3 times" in (job.error_message or "")
+
+
+async def test_finished_jobs_are_swept_after_retention_but_downloads_survive(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "local-provider"
+    provider = LocalProvider(root, retention_seconds=0)
+    try:
+        finished = await provider.start(request())
+        await wait_until_final(provider, finished)
+        await provider.download(finished, tmp_path / "v.mp4", tmp_path / "t.jpg")
+
+        running = await provider.start(request("1280x720", 12))  # sweeps on the way
+
+        await wait_for(lambda: not (root / finished).exists(), "the finished job was swept")
+        with pytest.raises(ProviderError) as error:
+            await provider.status(finished)
+        assert error.value.kind is ErrorKind.NOT_FOUND
+        assert (await provider.status(running)).status in ("queued", "in_progress")
+        assert decoded_frames(tmp_path / "v.mp4")[1] == pytest.approx(4.0, abs=1 / 24)
+    finally:
+        await provider.close()

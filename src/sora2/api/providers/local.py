@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -54,6 +55,10 @@ MIN_SIDE, MAX_SIDE = 16, 4096
 MIN_SECONDS, MAX_SECONDS = 1, 60
 STOP_GRACE_SECONDS = 5.0
 RENDER_NICENESS = 10  # the api and the worker stay responsive while a clip renders
+# Finished job folders are removed this long after their verdict: the worker has copied the files
+# long before, and a user deleting a video must get the disk space back eventually.
+RETENTION_SECONDS = 24 * 3600
+SWEEP_EVERY_SECONDS = 600.0
 
 JobState = Literal["pending", "completed", "failed", "cancelled"]
 
@@ -105,6 +110,18 @@ class JobFolder:
 
     def read_spec(self) -> JobSpec:
         return JobSpec(**json.loads(self.spec_file.read_text()))
+
+    def finished_at(self) -> float | None:
+        """When the job got its verdict (epoch seconds), or None while it is unfinished."""
+        verdict = {
+            "completed": self.video,
+            "cancelled": self.cancel_file,
+            "failed": self.failure_file,
+        }.get(self.state())
+        try:
+            return verdict.stat().st_mtime if verdict is not None else None
+        except FileNotFoundError:
+            return None
 
     def state(self) -> JobState:
         # The video is renamed into place last, so its presence means the job is complete.
@@ -183,14 +200,23 @@ class LocalProvider:
 
     name = "local"
 
-    def __init__(self, root: Path, *, max_parallel: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_parallel: int | None = None,
+        retention_seconds: float = RETENTION_SECONDS,
+    ) -> None:
         self.root = root
+        self.retention_seconds = retention_seconds
         # x264 already uses every core, so one render per two cores keeps the machine responsive.
         self.max_parallel = max_parallel or max(1, (os.cpu_count() or 2) // 2)
         self._slots = asyncio.Semaphore(self.max_parallel)
         self._renders: dict[str, asyncio.Task[None]] = {}
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._closed = False
+        self._last_sweep = -math.inf
+        self._sweeps: set[asyncio.Task[int]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalProvider:
@@ -199,8 +225,16 @@ class LocalProvider:
     async def start(self, request: GenerationRequest) -> str:
         spec = spec_from_request(request)
         job_id = f"local-{uuid.uuid4().hex}"
-        JobFolder(self.root / job_id).create(spec)
+        try:
+            JobFolder(self.root / job_id).create(spec)
+        except OSError as error:
+            raise ProviderError(
+                ErrorKind.TRANSIENT,
+                "storage_unavailable",
+                f"Cannot write the render job under {self.root}: {error.strerror}.",
+            ) from None
         self._schedule(job_id)
+        self._sweep_now_and_then()
         logger.info(
             "local render %s queued (%dx%d, %d s)", job_id, spec.width, spec.height, spec.seconds
         )
@@ -208,6 +242,12 @@ class LocalProvider:
 
     async def status(self, job_id: str) -> ProviderJob:
         folder = self._existing_folder(job_id)
+        try:
+            return self._status_of(job_id, folder)
+        except FileNotFoundError:
+            raise _not_found(job_id) from None  # swept away by another process meanwhile
+
+    def _status_of(self, job_id: str, folder: JobFolder) -> ProviderJob:
         state = folder.state()
         if state == "completed":
             return ProviderJob(id=job_id, status="completed", progress=100)
@@ -252,8 +292,13 @@ class LocalProvider:
             raise ProviderError(
                 ErrorKind.FINAL, "not_completed", f"Video {job_id} has no file: it {state}."
             )
-        await asyncio.to_thread(_place_copy, folder.thumbnail, thumbnail)
-        await asyncio.to_thread(_place_copy, folder.video, video)
+        try:
+            await asyncio.to_thread(_place_copy, folder.thumbnail, thumbnail)
+            await asyncio.to_thread(_place_copy, folder.video, video)
+        except FileNotFoundError:
+            if folder.exists():
+                raise
+            raise _not_found(job_id) from None
 
     async def cancel(self, job_id: str) -> None:
         if not JOB_ID_PATTERN.fullmatch(job_id):
@@ -280,13 +325,22 @@ class LocalProvider:
         """Stop this process's renders; their jobs stay resumable by whoever asks next."""
         self._closed = True
         await asyncio.gather(*(self._stop_render(job_id) for job_id in list(self._renders)))
+        await asyncio.gather(*self._sweeps)
+
+    def _sweep_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < min(SWEEP_EVERY_SECONDS, self.retention_seconds):
+            return
+        self._last_sweep = now
+        before = time.time() - self.retention_seconds
+        sweep = asyncio.create_task(asyncio.to_thread(remove_finished_jobs, self.root, before))
+        self._sweeps.add(sweep)
+        sweep.add_done_callback(self._sweeps.discard)
 
     def _existing_folder(self, job_id: str) -> JobFolder:
         folder = JobFolder(self.root / job_id) if JOB_ID_PATTERN.fullmatch(job_id) else None
         if folder is None or not folder.exists():
-            raise ProviderError(
-                ErrorKind.NOT_FOUND, "not_found", f"No local render has the id {job_id!r}."
-            )
+            raise _not_found(job_id)
         return folder
 
     def _schedule(self, job_id: str) -> None:
@@ -349,6 +403,22 @@ class LocalProvider:
                 await task
 
 
+def remove_finished_jobs(root: Path, finished_before: float) -> int:
+    """Delete job folders whose verdict is older than `finished_before`; how many went."""
+    removed = 0
+    for path in root.iterdir():
+        folder = JobFolder(path)
+        if not JOB_ID_PATTERN.fullmatch(path.name) or folder.is_being_rendered():
+            continue
+        finished_at = folder.finished_at()
+        if finished_at is not None and finished_at < finished_before:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    if removed:
+        logger.info("removed %d finished local render folders", removed)
+    return removed
+
+
 def spec_from_request(request: GenerationRequest) -> JobSpec:
     """Check what the renderer can draw; anything else is a final `invalid_request`."""
     prompt = request.prompt.strip()
@@ -373,6 +443,12 @@ def spec_from_request(request: GenerationRequest) -> JobSpec:
         width=width,
         height=height,
         created_at=time.time(),
+    )
+
+
+def _not_found(job_id: str) -> ProviderError:
+    return ProviderError(
+        ErrorKind.NOT_FOUND, "not_found", f"No local render has the id {job_id!r}."
     )
 
 
@@ -430,12 +506,12 @@ def render_job(folder: JobFolder) -> int:
     with folder.render_lock() as acquired:
         if not acquired or folder.state() != "pending":
             return 0
-        folder.lock_file.write_text(str(os.getpid()))  # who renders, for people and tests
         attempt = folder.attempts() + 1
         if attempt > MAX_RENDER_ATTEMPTS:
             folder.fail("render_crashed", f"The render stopped unexpectedly {attempt - 1} times.")
             return 1
         folder.write_attempts(attempt)
+        folder.lock_file.write_text(str(os.getpid()))  # who renders, for people and tests
         stop = StopRequest(folder)
         signal.signal(signal.SIGTERM, stop.on_signal)
         signal.signal(signal.SIGINT, stop.on_signal)
