@@ -14,6 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from aiohttp import web
 from PIL import Image
 
 from sora2.api.providers.base import (
@@ -24,6 +25,7 @@ from sora2.api.providers.base import (
 )
 from sora2.api.providers.local import JobFolder, LocalProvider
 from sora2.settings import load_settings
+from tests.fakes.servers import serving
 
 DEADLINE_SECONDS = 60.0
 
@@ -356,3 +358,63 @@ async def test_finished_jobs_are_swept_after_retention_but_downloads_survive(
         assert decoded_frames(tmp_path / "v.mp4")[1] == pytest.approx(4.0, abs=1 / 24)
     finally:
         await provider.close()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Chromium makes no outside connections on a closed network (they would be refused, noisily).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PLAY_HALF_A_SECOND = """() => new Promise((resolve) => {
+  const video = document.getElementById("video");
+  const report = () => resolve({width: video.videoWidth, height: video.videoHeight,
+    duration: video.duration, time: video.currentTime, error: video.error && video.error.message});
+  video.addEventListener("error", report);
+  video.addEventListener("timeupdate", () => { if (video.currentTime >= 0.5) report(); });
+  video.play().catch((error) => resolve({error: String(error)}));
+})"""
+
+
+@pytest.mark.browser
+async def test_chromium_plays_the_video_and_shows_the_thumbnail(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+    from playwright.async_api import async_playwright
+
+    job_id = await provider.start(request("320x180", 4))
+    await wait_until_final(provider, job_id)
+    await provider.download(job_id, tmp_path / "v.mp4", tmp_path / "t.jpg")
+
+    async def page(_: web.Request) -> web.Response:
+        html = '<video id="video" muted src="/v.mp4"></video><img id="thumb" src="/t.jpg">'
+        return web.Response(text=html, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_static("/", tmp_path)  # FileResponse: Range requests, as the api serves them
+    async with serving(app) as server, async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            tab = await browser.new_page()
+            await tab.goto(server.url + "/")
+            played = await tab.evaluate(PLAY_HALF_A_SECOND)
+            thumb_width = await tab.evaluate(
+                "async () => { const img = document.getElementById('thumb');"
+                " await img.decode(); return img.naturalWidth; }"
+            )
+        finally:
+            await browser.close()
+    assert played["error"] is None
+    assert (played["width"], played["height"]) == (320, 180)
+    assert played["duration"] == pytest.approx(4.0, abs=1 / 24)
+    assert played["time"] >= 0.5
+    assert thumb_width == 320
