@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     proxy_health_check_ttl_ms: int = Field(
         5_000, ge=50, le=600_000, validation_alias=_aliases("PROXY_HEALTH_CHECK_TTL_MS")
     )
+    proxy_startup_grace_ms: int = Field(
+        10_000, ge=0, le=600_000, validation_alias=_aliases("PROXY_STARTUP_GRACE_MS")
+    )
     proxy_max_body_bytes: int = Field(
         52_428_800, ge=0, validation_alias=_aliases("PROXY_MAX_BODY_BYTES")
     )
