@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     openai_base_url: str = Field(
         "https://api.openai.com/v1", validation_alias=_aliases("OPENAI_BASE_URL")
     )
+    # The openai provider: how long one upstream call may stay silent before it counts as transient.
+    openai_timeout_ms: int = Field(
+        60_000, ge=100, le=3_600_000, validation_alias=_aliases("OPENAI_TIMEOUT_MS")
+    )
 
     @field_validator("app_env", mode="before")
     @classmethod
