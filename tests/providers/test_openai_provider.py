@@ -8,15 +8,17 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from email.utils import formatdate
 from pathlib import Path
 
 import av
+import httpx2
 import pytest
 from PIL import Image
 
 from sora2.api.providers.base import ErrorKind, GenerationRequest, ProviderError, ProviderJob
 from sora2.api.providers.keys import KeyPool
-from sora2.api.providers.openai import OpenAIProvider
+from sora2.api.providers.openai import OpenAIProvider, retry_after_seconds
 from sora2.settings import SettingsError, load_settings
 from tests.fakes.fake_videos_api import (
     BLOCKED_AT_CREATE,
@@ -417,6 +419,30 @@ def test_a_key_rate_limited_without_retry_after_backs_off_exponentially() -> Non
     with pytest.raises(ProviderError) as caught:
         pool.acquire()
     assert caught.value.retry_after == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),  # OpenAI's precise header wins
+        ({"retry-after": "9"}, 9.0),
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_is_read_as_the_provider_sends_it(
+    headers: dict[str, str], expected: float | None
+) -> None:
+    assert retry_after_seconds(httpx2.Headers(headers)) == expected
+
+
+def test_retry_after_as_an_http_date_counts_from_now() -> None:
+    in_a_minute = formatdate(time.time() + 60, usegmt=True)
+
+    wait = retry_after_seconds(httpx2.Headers({"retry-after": in_a_minute}))
+
+    assert wait is not None
+    assert 55 <= wait <= 60
 
 
 def test_a_key_out_of_quota_rests_for_minutes() -> None:

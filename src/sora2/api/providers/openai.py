@@ -73,7 +73,7 @@ class OpenAIProvider:
         self._base_url = base_url.rstrip("/")
         self._timeout_seconds = timeout_seconds
         # One connection pool for every key: keys differ only in their Authorization header.
-        self._http = openai.DefaultAsyncHttpxClient(timeout=timeout_seconds)
+        self._http = openai.DefaultAsyncHttpxClient()
         self._clients: dict[int, openai.AsyncOpenAI] = {}
 
     @classmethod
