@@ -445,6 +445,16 @@ def test_retry_after_as_an_http_date_counts_from_now() -> None:
     assert 55 <= wait <= 60
 
 
+def test_calls_in_flight_together_on_a_limited_key_double_its_backoff_once() -> None:
+    pool = KeyPool([ALPHA], clock=lambda: 50.0)
+    in_flight = [pool.acquire(), pool.acquire(), pool.acquire()]
+
+    rests = [pool.rate_limited(lease, retry_after=None) for lease in in_flight]
+
+    assert rests == [1, 1, 1]
+    assert pool.health()["keys"][0]["rateLimits"] == 3
+
+
 def test_a_key_out_of_quota_rests_for_minutes() -> None:
     pool = KeyPool([ALPHA, BRAVO], clock=lambda: 0.0)
 

@@ -120,16 +120,20 @@ class KeyPool:
         """Rest the key for the provider's `Retry-After`, else a doubling backoff; returns it."""
         key = self._keys[lease.index]
         key.rate_limits += 1
-        key.backoff_seconds = min(
-            max(key.backoff_seconds * 2, FIRST_BACKOFF_SECONDS), MAX_BACKOFF_SECONDS
-        )
+        now = self._clock()
+        # Calls in flight together on one key all see the same 429: that is one refusal,
+        # so only the first report of a burst doubles the backoff.
+        if key.resting_until <= now:
+            key.backoff_seconds = min(
+                max(key.backoff_seconds * 2, FIRST_BACKOFF_SECONDS), MAX_BACKOFF_SECONDS
+            )
         if retry_after is not None:
             rest = retry_after
         elif out_of_quota:
             rest = QUOTA_REST_SECONDS
         else:
             rest = key.backoff_seconds
-        key.resting_until = max(key.resting_until, self._clock() + rest)
+        key.resting_until = max(key.resting_until, now + rest)
         logger.warning("API key %s rate limited: resting %.1fs", key.label, rest)
         return rest
 
