@@ -16,7 +16,13 @@ import httpx2
 import pytest
 from PIL import Image
 
-from sora2.api.providers.base import ErrorKind, GenerationRequest, ProviderError, ProviderJob
+from sora2.api.providers.base import (
+    ErrorKind,
+    GenerationRequest,
+    ProviderError,
+    ProviderJob,
+    VideoProvider,
+)
 from sora2.api.providers.keys import KeyPool
 from sora2.api.providers.openai import OpenAIProvider, retry_after_seconds
 from sora2.settings import SettingsError, load_settings
@@ -478,7 +484,7 @@ async def test_the_provider_is_configured_from_settings(
         openai_base_url=f"{server.url}/v1/",
         openai_timeout_ms=2000,
     )
-    provider = OpenAIProvider.from_settings(settings)
+    provider: VideoProvider = OpenAIProvider.from_settings(settings)  # mypy checks the fit
     try:
         await provider.start(REQUEST)
         assert provider.health()["keyPool"]["total"] == 2
