@@ -49,10 +49,17 @@ def _register_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser
     serve.set_defaults(handler=_serve)
 
 
+def _register_devstack(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sora2.devstack.cli import register
+
+    register(commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sora2", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_serve(commands)
+    _register_devstack(commands)
     return parser
 
 
