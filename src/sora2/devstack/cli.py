@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sora2.cli import CommandExit, settings_or_exit
+from sora2.devstack.console import wants_colour
+from sora2.devstack.doctor import diagnose
 from sora2.devstack.launcher import SERVICES, LaunchError, LaunchOptions, launch
+from sora2.devstack.report import has_problems, render_json, render_table
 
 
 def _positive_seconds(text: str) -> float:
@@ -76,5 +81,27 @@ def _register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     dev.set_defaults(handler=_dev)
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    # Settings are loaded inside the checks: invalid ones are a finding, not a reason to stop.
+    findings = diagnose()
+    if args.json:
+        print(render_json(findings))
+    else:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        print(f"sora2 doctor, {stamp}, in {Path.cwd()}\n")
+        print(render_table(findings, colour=wants_colour(sys.stdout)))
+    return 1 if has_problems(findings) else 0
+
+
+def _register_doctor(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    doctor = commands.add_parser(
+        "doctor",
+        help="check ports, api, database, settings, folders; exit 1 with fixes for problems",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.set_defaults(handler=_doctor)
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_dev(commands)
+    _register_doctor(commands)
