@@ -9,9 +9,7 @@ from pathlib import Path
 
 from sora2.cli import CommandExit, settings_or_exit
 from sora2.devstack.console import wants_colour
-from sora2.devstack.doctor import diagnose
 from sora2.devstack.launcher import SERVICES, LaunchError, LaunchOptions, launch
-from sora2.devstack.report import has_problems, render_json, render_table
 
 
 def _positive_seconds(text: str) -> float:
@@ -82,6 +80,10 @@ def _register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    # Imported here: `sora2 dev` should not pay for the doctor's imports at every start.
+    from sora2.devstack.doctor import diagnose
+    from sora2.devstack.report import has_problems, render_json, render_table
+
     # Settings are loaded inside the checks: invalid ones are a finding, not a reason to stop.
     findings = diagnose()
     if args.json:

@@ -253,6 +253,10 @@ async def _run(
     supervisors = [_supervisor(spec, options, console, run_file) for spec in specs]
     _handle_stop_signals(stop, supervisors, console)
     run_file.save(RunRecord(ProcessRecord.of(os.getpid()), str(Path.cwd())))
+    # Watching starts first, so a change saved while the services come up is not missed.
+    reloader = None
+    if options.reload:
+        reloader = asyncio.ensure_future(_reload(supervisors, options, stop))
     try:
         for supervisor in supervisors:
             try:
@@ -267,8 +271,12 @@ async def _run(
                 f"{supervisor.name} ready on {supervisor.spec.health_url} ({seconds:.2f} s)"
             )
         _print_summary(settings, specs, options, console, time.time() - started_at)
-        return await _supervise(supervisors, options, stop, console)
+        return await _supervise(supervisors, stop, console)
     finally:
+        stop.set()
+        if reloader is not None:
+            reloader.cancel()
+            await asyncio.gather(reloader, return_exceptions=True)
         await _stop_all(supervisors, console)
         run_file.remove(os.getpid())
 
@@ -331,15 +339,9 @@ async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
 
 
 async def _supervise(
-    supervisors: Sequence[Supervisor],
-    options: LaunchOptions,
-    stop: asyncio.Event,
-    console: Console,
+    supervisors: Sequence[Supervisor], stop: asyncio.Event, console: Console
 ) -> int:
     tasks = {asyncio.ensure_future(item.supervise()): item for item in supervisors}
-    background = list(tasks)
-    if options.reload:
-        background.append(asyncio.ensure_future(_reload(supervisors, options, stop)))
     stopped = asyncio.ensure_future(stop.wait())
     try:
         waiting: set[asyncio.Future[Any]] = {stopped, *tasks}
@@ -358,9 +360,9 @@ async def _supervise(
     finally:
         stop.set()
         stopped.cancel()
-        for task in background:
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _reload(
