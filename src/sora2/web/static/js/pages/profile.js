@@ -38,6 +38,8 @@ function text(selector, value) {
 async function loadProfile() {
   const user = normalizeUser(await api.get("users/profile"));
   text("[data-profile-email]", user.email);
+  // For password managers: which account the new password belongs to.
+  document.querySelector("[data-profile-username]").value = user.email;
   text("[data-profile-since]", dateTime(user.createdAt));
   if (!nicknameForm.elements.nickname.value) nicknameForm.elements.nickname.value = user.nickname;
 }

@@ -24,6 +24,8 @@ function checkValues(values) {
   if (!values.nickname.trim()) problems.push(["nickname", "Choose a nickname: it is how the app greets you."]);
   if (values.password.length < MIN_PASSWORD) {
     problems.push(["password", `Use at least ${MIN_PASSWORD} characters.`]);
+  } else if (/^[\p{L}]+$/u.test(values.password) || /^\d+$/.test(values.password)) {
+    problems.push(["password", "Mix letters with digits or symbols."]);
   }
   if (values.confirm !== values.password) problems.push(["confirm", "The two passwords differ: type the same one twice."]);
   for (const [name, message] of problems) showFieldError(form, name, message);

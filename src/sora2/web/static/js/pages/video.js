@@ -13,7 +13,8 @@ const $ = (name) => root.querySelector(`[data-${name}]`);
 
 const RECONNECT_FIRST_MS = 1000;
 const RECONNECT_MAX_MS = 15000;
-const EVENT_NAMES = ["message", "progress", "status", "update", "video", "done", "completed", "failed", "cancelled"];
+// The api sends `progress` on every change and `done` at a final state, each with the whole video.
+const EVENT_NAMES = ["message", "progress", "done"];
 
 let video = null;
 let source = null;
@@ -121,6 +122,7 @@ function follow() {
     }
   };
   for (const name of EVENT_NAMES) source.addEventListener(name, onEvent);
+  source.addEventListener("deleted", showGone);
   source.addEventListener("open", () => {
     reconnectAttempt = 0;
     setLiveState("Live");
