@@ -36,7 +36,14 @@ export function choices() {
   }
 }
 
+let apiPrices = null;
+
+/** The api's own price table (credits per second by model) wins over the page's copy. */
+export function usePrices(prices) {
+  if (prices && typeof prices === "object") apiPrices = prices;
+}
+
 export function costOf(model, seconds) {
-  const perSecond = choices().creditsPerSecond?.[model];
+  const perSecond = (apiPrices ?? choices().creditsPerSecond ?? {})[model];
   return perSecond === undefined ? null : perSecond * Number(seconds);
 }

@@ -53,12 +53,19 @@ export function safeNext(value) {
   return value;
 }
 
-export async function refreshBalance() {
+/** The balance (and the api's price table, when it sends one), shown in the header too. */
+export async function loadCredits() {
+  const answer = await api.get("credits/balance");
+  const balance = normalizeBalance(answer);
   const badge = document.querySelector("[data-balance-badge]");
+  if (badge) badge.textContent = credits(balance);
+  return { balance, prices: answer?.prices ?? null };
+}
+
+/** The balance after a change, or null when it cannot be read right now. */
+export async function refreshBalance() {
   try {
-    const balance = normalizeBalance(await api.get("credits/balance"));
-    if (badge) badge.textContent = credits(balance);
-    return balance;
+    return (await loadCredits()).balance;
   } catch {
     return null;
   }

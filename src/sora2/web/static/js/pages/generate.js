@@ -12,9 +12,9 @@ import {
   showFieldError,
   showStatus,
 } from "../forms.js";
-import { choices, costOf, credits } from "../format.js";
+import { choices, costOf, credits, usePrices } from "../format.js";
 import { normalizeVideo } from "../models.js";
-import { refreshBalance } from "../session.js";
+import { loadCredits } from "../session.js";
 
 const form = document.getElementById("generate-form");
 const prompt = form.elements.prompt;
@@ -89,6 +89,12 @@ form.addEventListener("submit", async (event) => {
 });
 
 startPage(async () => {
-  balance = await refreshBalance();
+  try {
+    const answer = await loadCredits();
+    balance = answer.balance;
+    usePrices(answer.prices);
+  } catch {
+    balance = null; // the cost alone is still shown; the api checks the balance anyway
+  }
   updateCost();
 });
