@@ -86,22 +86,46 @@ def create_environment() -> jinja2.Environment:
 class PageRenderer:
     """Renders pages with what every template needs (asset version, page id, choices)."""
 
-    def __init__(self, environment: jinja2.Environment, version: str) -> None:
+    def __init__(
+        self,
+        environment: jinja2.Environment,
+        version: str,
+        credits_per_second: dict[str, int] | None = None,
+    ) -> None:
         self.environment = environment
         self.version = version
+        self.credits_per_second = credits_per_second or CREDITS_PER_SECOND
         self.choices = json.dumps(
             {
                 "models": list(MODELS),
                 "seconds": list(SECONDS),
                 "sizes": list(SIZES),
-                "creditsPerSecond": CREDITS_PER_SECOND,
+                "creditsPerSecond": self.credits_per_second,
                 "promptMaxChars": PROMPT_MAX_CHARS,
             }
         )
+        self._rendered: dict[str, str] = {}
 
     def render(self, page: Page, *, status: int = 200, **context: Any) -> web.Response:
-        template = self.environment.get_template(page.template)
-        html = template.render(
+        return web.Response(
+            text=self.html(page, **context),
+            status=status,
+            content_type="text/html",
+            # Pages are the same for everyone, but a shared cache has no business keeping them.
+            headers={"Cache-Control": "no-cache, private"},
+        )
+
+    def html(self, page: Page, **context: Any) -> str:
+        if not context:
+            # A page without per-request values is the same every time: render it once.
+            cached = self._rendered.get(page.template)
+            if cached is None:
+                cached = self._rendered[page.template] = self._render(page)
+            return cached
+        return self._render(page, **context)
+
+    def _render(self, page: Page, **context: Any) -> str:
+        return self.environment.get_template(page.template).render(
             title=page.title,
             script=page.script,
             signed_in_only=page.signed_in_only,
@@ -111,15 +135,8 @@ class PageRenderer:
             seconds=SECONDS,
             sizes=SIZES,
             prompt_max=PROMPT_MAX_CHARS,
-            credits_per_second=CREDITS_PER_SECOND,
+            credits_per_second=self.credits_per_second,
             **context,
-        )
-        return web.Response(
-            text=html,
-            status=status,
-            content_type="text/html",
-            # Pages are the same for everyone, but a shared cache has no business keeping them.
-            headers={"Cache-Control": "no-cache, private"},
         )
 
 

@@ -18,6 +18,8 @@ const params = new URLSearchParams(window.location.search);
 
 let page = Math.max(1, Number.parseInt(params.get("page") ?? "1", 10) || 1);
 let pollTimer = 0;
+// Said once, after a delete sent the user here; the address forgets it so a reload does not.
+let notice = params.has("deleted") ? "Video deleted. " : "";
 filter.value = params.get("status") ?? "";
 
 function card(video) {
@@ -90,7 +92,12 @@ async function load() {
   }
   const videos = result.items.map(normalizeVideo);
   list.replaceChildren(...videos.map(card));
-  statusLine.textContent = videos.length === 0 ? emptyMessage() : `${result.total} video${result.total === 1 ? "" : "s"}`;
+  const count = videos.length === 0 ? emptyMessage() : `${result.total} video${result.total === 1 ? "" : "s"}`;
+  statusLine.textContent = notice + count;
+  if (notice) {
+    notice = "";
+    syncAddress();
+  }
   renderPager(result);
   if (videos.some((video) => !isFinal(video.status))) pollTimer = setTimeout(load, POLL_MS);
 }
@@ -111,6 +118,5 @@ pager.querySelector("[data-page-next]").addEventListener("click", () => {
   load();
 });
 window.addEventListener("sora:reconnected", load);
-if (params.has("deleted")) statusLine.textContent = "Video deleted.";
 
 startPage(load);
