@@ -33,7 +33,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[PROXY_KEY] = proxy
     mount_proxy(app, proxy)
-    add_pages(app)
+    add_pages(app, settings)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     return app

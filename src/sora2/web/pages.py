@@ -21,6 +21,8 @@ import jinja2
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from sora2.settings import Settings
+
 TEMPLATES_DIR = Path(str(resources.files("sora2.web") / "templates"))
 STATIC_DIR = Path(str(resources.files("sora2.web") / "static"))
 
@@ -91,8 +93,11 @@ class PageRenderer:
         environment: jinja2.Environment,
         version: str,
         credits_per_second: dict[str, int] | None = None,
+        *,
+        cache: bool = True,
     ) -> None:
         self.environment = environment
+        self.cache = cache
         self.version = version
         self.credits_per_second = credits_per_second or CREDITS_PER_SECOND
         self.choices = json.dumps(
@@ -116,7 +121,7 @@ class PageRenderer:
         )
 
     def html(self, page: Page, **context: Any) -> str:
-        if not context:
+        if self.cache and not context:
             # A page without per-request values is the same every time: render it once.
             cached = self._rendered.get(page.template)
             if cached is None:
@@ -188,8 +193,11 @@ async def _static_file(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers=headers)
 
 
-def add_pages(app: web.Application) -> None:
-    app[RENDERER_KEY] = PageRenderer(create_environment(), static_version())
+def add_pages(app: web.Application, settings: Settings) -> None:
+    # In development a template edit shows on the next request; elsewhere pages render once.
+    app[RENDERER_KEY] = PageRenderer(
+        create_environment(), static_version(), cache=not settings.is_development
+    )
     app[STATIC_FILES_KEY] = static_files()
     for path, page in PAGES.items():
         app.router.add_get(path, _page_handler(page))
