@@ -86,6 +86,10 @@ export async function request(method, path, options = {}) {
     response = await send(method, path, options);
   }
   const body = await readBody(response);
+  if (response.status === 401 && !NO_RENEWAL.has(path)) {
+    // The session ended (expired, revoked, signed out elsewhere): the page decides what to do.
+    window.dispatchEvent(new CustomEvent("sora:session-ended"));
+  }
   if (isProxyOutage(response.status, body)) {
     reportOutage(body);
   } else {

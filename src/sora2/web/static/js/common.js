@@ -1,7 +1,7 @@
 // What every page does first: the connection banner, the header for the session, sign-out.
 
 import { initBanner } from "./connection.js";
-import { loadSession, requireSession, signOut } from "./session.js";
+import { loadSession, loginUrl, requireSession, signOut } from "./session.js";
 
 let started = false;
 
@@ -21,12 +21,17 @@ function initSignOut() {
  * and handlers are set up by the page module itself, before this, so they work meanwhile.
  */
 export function startPage(run) {
+  const signedInOnly = document.body.dataset.signedInOnly === "true";
   if (!started) {
     initBanner();
     initSignOut();
+    if (signedInOnly) {
+      // Whatever the page was doing, without a session it can do nothing: sign in again and
+      // come back (drafts are kept in this tab).
+      window.addEventListener("sora:session-ended", () => window.location.assign(loginUrl()), { once: true });
+    }
     started = true;
   }
-  const signedInOnly = document.body.dataset.signedInOnly === "true";
   const attempt = async () => {
     let user;
     try {

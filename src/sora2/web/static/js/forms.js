@@ -108,11 +108,21 @@ export function showFieldError(form, name, message) {
   return true;
 }
 
+/** "is required" reads as "Prompt is required" under the field it concerns. */
+function sentenceFor(form, name, message) {
+  if (!/^[a-z]/.test(message)) return message;
+  const field = form.elements.namedItem(name);
+  const label = field?.id ? form.querySelector(`label[for="${field.id}"]`)?.textContent?.trim() : "";
+  return label ? `${label} ${message}.`.replace(/\.\.$/, ".") : message;
+}
+
 /** Show an ApiError on the form: next to its fields when it names them, else at the top. */
 export function showError(form, error) {
   const messages = fieldMessages(error.details ?? {});
   let placed = false;
-  for (const [name, message] of Object.entries(messages)) placed = showFieldError(form, name, message) || placed;
+  for (const [name, message] of Object.entries(messages)) {
+    placed = showFieldError(form, name, sentenceFor(form, name, message)) || placed;
+  }
   if (error.outage) {
     showStatus(
       form,
