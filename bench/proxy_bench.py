@@ -22,7 +22,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench import _nginx
+from bench import _nginx, _noise
 from bench._backend import SMALL_JSON
 from bench._processes import Server, free_port, http_get
 from bench._profile import profile_section, record_profile
@@ -435,7 +435,7 @@ def targets_table(targets: list[Target]) -> list[str]:
     return lines
 
 
-def machine_line(plan: Plan) -> str:
+def machine_line(plan: Plan, others_share: float) -> str:
     cpu_model = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
          if line.startswith("model name")),
@@ -445,7 +445,8 @@ def machine_line(plan: Plan) -> str:
     return (
         f"Machine: {cpu_model}, {os.cpu_count()} cores, Linux {platform.release()}, "
         f"Python {platform.python_version()}, {tool_version(['nginx', '-v'])}, "
-        f"{tool_version(['wrk', '-v']).split(' [')[0]}; load average at the end {load}; "
+        f"{tool_version(['wrk', '-v']).split(' [')[0]}; other processes used "
+        f"{others_share:.0%} of the machine's CPU during the run (load average at the end {load}); "
         f"commit {git_commit()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"{plan.rounds} round(s) of {plan.seconds} s per wrk run ({plan.failfast_seconds} s with "
         "the backend down); each row shows its fastest round (lowest p99 with the backend down)."
@@ -466,11 +467,11 @@ def git_commit() -> str:
     return completed.stdout.strip() or "unknown"
 
 
-def render(targets: list[Target], plan: Plan, profile_markdown: str) -> str:
+def render(targets: list[Target], plan: Plan, profile_markdown: str, others_share: float) -> str:
     lines = [
         "## Proxy",
         "",
-        machine_line(plan),
+        machine_line(plan, others_share),
         "Placement: the server under test alone on core 1; wrk (1 thread), curl and the backend on "
         "core 0 (for *direct*, the backend alone on core 1).",
         "",
@@ -502,7 +503,9 @@ def run(quick: bool) -> str:
     ensure_tools()
     plan = QUICK if quick else FULL
     profile = os.environ.get(PROFILE_ENV) == "1"
+    before = _noise.snapshot()
     with tempfile.TemporaryDirectory(prefix="sora2-proxy-bench-") as workdir:
         targets, profile_markdown = run_all(Path(workdir), plan, profile)
+    others = _noise.others_share(before, _noise.snapshot())
     save_raw(targets)
-    return render(targets, plan, profile_markdown)
+    return render(targets, plan, profile_markdown, others)
