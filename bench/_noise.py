@@ -40,7 +40,8 @@ def others_share(before: CpuSnapshot, after: CpuSnapshot) -> float:
     if wall <= 0:
         return 0.0
     others = (after.machine_busy_s - before.machine_busy_s) - (after.ours_s - before.ours_s)
-    return max(0.0, others / (wall * (os.cpu_count() or 1)))
+    # Both clocks tick in hundredths of a second: over a short span the quotient can overshoot.
+    return min(1.0, max(0.0, others / (wall * (os.cpu_count() or 1))))
 
 
 def _uptime() -> float:
