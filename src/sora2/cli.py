@@ -59,11 +59,18 @@ def _register_api(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     register(commands)
 
 
+def _register_devstack(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sora2.devstack.cli import register
+
+    register(commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sora2", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_serve(commands)
     _register_api(commands)
+    _register_devstack(commands)
     return parser
 
 
