@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -146,7 +147,7 @@ async def test_the_served_api_logs_request_ids_and_never_secrets(settings: Setti
             await wait_for(logged, timeout=10, interval=0.1)
     finally:
         process.terminate()
-        process.wait(timeout=20)
+        await asyncio.to_thread(process.wait, 20)
     log = log_file.read_text()
     assert "Sup3r-secret-pw" not in log
     assert token not in log

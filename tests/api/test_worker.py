@@ -45,7 +45,7 @@ async def video_of(api: RunningApi, token: str, video_id: str) -> dict[str, Any]
 
 
 async def until_status(
-    api: RunningApi, token: str, video_id: str, *statuses: str
+    api: RunningApi, token: str, video_id: str, *statuses: str, timeout: float = 15
 ) -> dict[str, Any]:
     found: dict[str, Any] = {}
 
@@ -53,7 +53,7 @@ async def until_status(
         found.update(await video_of(api, token, video_id))
         return found["status"] in statuses
 
-    await wait_for(reached, timeout=15)
+    await wait_for(reached, timeout=timeout)
     return found
 
 
