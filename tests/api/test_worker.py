@@ -94,11 +94,15 @@ async def test_content_supports_ranges_and_download(
     assert response.headers["Content-Range"] == f"bytes 10-19/{size}"
     status, tail, _ = await api.request("GET", url, token=token, headers={"Range": "bytes=-5"})
     assert (status, tail) == (206, FAKE_MP4[-5:])
-    status, _, response = await api.request(
+    status, refused, response = await api.request(
         "GET", url, token=token, headers={"Range": f"bytes={size + 10}-"}
     )
     assert status == 416
     assert response.headers["Content-Range"] == f"bytes */{size}"
+    assert refused["details"] == {"size": size}
+    status, body, _ = await api.request("GET", url, token=token, headers={"Range": "lines=1-2"})
+    assert status == 400
+    assert "Range" in body["message"]
     status, _, response = await api.request("GET", url + "?download=1", token=token)
     assert status == 200
     assert (
