@@ -259,8 +259,10 @@ def test_db_check_and_upgrade_commands(tmp_path: Path) -> None:
     check = sora2("db", "check", "--json", env=env)
     assert check.returncode == 1
     assert json.loads(check.stdout) == {
+        "reachable": True,
         "upToDate": False,
         "pending": ["0001"],
+        "message": "1 pending migration(s): 0001; run `sora2 db upgrade`",
         "fix": "sora2 db upgrade",
     }
     upgraded = sora2("db", "upgrade", env=env)
@@ -291,3 +293,6 @@ def test_db_commands_explain_an_unreachable_database(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot use the database (postgresql at 127.0.0.1:1)" in result.stderr
     assert "Traceback" not in result.stderr
+    as_json = json.loads(sora2("db", "check", "--json", env=env).stdout)
+    assert as_json["reachable"] is False
+    assert "postgresql at 127.0.0.1:1" in as_json["message"]
