@@ -296,3 +296,11 @@ def test_db_commands_explain_an_unreachable_database(tmp_path: Path) -> None:
     as_json = json.loads(sora2("db", "check", "--json", env=env).stdout)
     assert as_json["reachable"] is False
     assert "postgresql at 127.0.0.1:1" in as_json["message"]
+
+
+def test_the_fast_schema_check_agrees_with_alembic() -> None:
+    from alembic.script import ScriptDirectory
+
+    from sora2.api.db.migrate import alembic_config, head_revision
+
+    assert [head_revision()] == ScriptDirectory.from_config(alembic_config()).get_heads()
