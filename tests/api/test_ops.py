@@ -148,7 +148,9 @@ async def test_the_served_api_logs_request_ids_and_never_secrets(settings: Setti
     finally:
         process.terminate()
         await asyncio.to_thread(process.wait, 20)
+    assert process.returncode == 0  # SIGTERM is a graceful stop, and its last lines are kept
     log = log_file.read_text()
+    assert "Application shutdown complete" in log
     assert "Sup3r-secret-pw" not in log
     assert token not in log
 
