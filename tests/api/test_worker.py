@@ -285,3 +285,22 @@ async def test_progress_streams_as_server_sent_events_until_done(
     progress = [data["progress"] for kind, data in events if kind == "progress"]
     assert progress == sorted(progress)
     assert events[-1][1]["status"] == "completed"
+
+
+async def test_deleting_a_video_mid_generation_stops_it_upstream(
+    api: RunningApi, settings: Settings, provider: ScriptedProvider
+) -> None:
+    provider.hold = asyncio.Event()
+    token, _ = await api.register()
+    _, video = await create(api, token)
+    async with worker_running(settings, provider):
+        await until_status(api, token, video["id"], "in_progress")
+        await wait_for(lambda: _has_provider_job(provider))
+        assert (await api.request("DELETE", f"/api/videos/{video['id']}", token=token))[0] == 204
+
+        async def cancelled_upstream() -> bool:
+            return provider.cancelled == ["job_1"]
+
+        await wait_for(cancelled_upstream)
+    assert await balance(api, token) == 100  # deleted while running: refunded like a cancel
+    assert not list((settings.data_dir / "media").rglob(f"{video['id']}.*"))
