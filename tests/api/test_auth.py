@@ -6,7 +6,13 @@ import statistics
 import time
 from pathlib import Path
 
+import pytest
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+
 from sora2.api.auth.client_ip import ClientAddress
+from sora2.api.db import Database
+from sora2.api.users.models import User
 from sora2.settings import Settings
 from tests.api.conftest import make_settings
 from tests.api.fake_provider import ScriptedProvider
@@ -259,3 +265,31 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     assert addresses.of("10.1.2.3", "203.0.113.5, 10.9.9.9") == "203.0.113.5"
     # A caller on the internet cannot choose its address by sending the header itself.
     assert addresses.of("198.51.100.20", "127.0.0.1") == "198.51.100.20"
+
+
+async def test_production_cookies_are_secure(
+    database_url: str, tmp_path: Path, settings: Settings
+) -> None:
+    production = make_settings(database_url, tmp_path, app_env="production")
+    async with running_api(production, ScriptedProvider()) as api:
+        _, _, response = await api.request(
+            "POST",
+            "/api/auth/register",
+            json={"email": "prod@example.com", "password": PASSWORD, "nickname": "P"},
+        )
+        cookies = response.headers.getall("Set-Cookie")
+        assert len(cookies) == 2
+        assert all("Secure" in cookie for cookie in cookies)
+
+
+async def test_the_database_itself_refuses_a_negative_balance(settings: Settings) -> None:
+    database = Database(settings.resolved_database_url)
+    try:
+        async with database.session() as session:
+            user = User(email="neg@example.com", password_hash="x", nickname="N", credits=5)
+            session.add(user)
+            await session.commit()
+            with pytest.raises(IntegrityError):
+                await session.execute(update(User).where(User.id == user.id).values(credits=-1))
+    finally:
+        await database.dispose()

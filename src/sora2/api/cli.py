@@ -13,7 +13,7 @@ from sora2.cli import CommandExit, Commands, settings_or_exit
 T = TypeVar("T")
 
 
-def register(commands: Commands) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     db = commands.add_parser("db", help="database migrations")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser("upgrade", help="apply pending migrations").set_defaults(
@@ -84,21 +84,32 @@ def _db_check(args: argparse.Namespace) -> int:
         finally:
             await database.dispose()
 
-    pending = _run_db(run)
-    if args.json:
+    try:
+        pending = _run_db(run)
+    except CommandExit as error:
+        if not args.json:
+            raise
+        fix = "check DATABASE_URL and that the database server is running"
         print(
-            json.dumps(
-                {
-                    "upToDate": not pending,
-                    "pending": pending,
-                    "fix": UPGRADE_COMMAND if pending else None,
-                }
-            )
+            json.dumps({"reachable": False, "upToDate": False, "message": str(error), "fix": fix})
         )
-    elif pending:
-        print(f"{len(pending)} pending migration(s): {', '.join(pending)}; run `{UPGRADE_COMMAND}`")
+        return 1
+    message = (
+        f"{len(pending)} pending migration(s): {', '.join(pending)}; run `{UPGRADE_COMMAND}`"
+        if pending
+        else "database schema is up to date"
+    )
+    if args.json:
+        document = {
+            "reachable": True,
+            "upToDate": not pending,
+            "pending": pending,
+            "message": message,
+            "fix": UPGRADE_COMMAND if pending else None,
+        }
+        print(json.dumps(document))
     else:
-        print("database schema is up to date")
+        print(message)
     return 1 if pending else 0
 
 

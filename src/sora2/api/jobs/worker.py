@@ -27,6 +27,7 @@ from sora2.api.jobs.queue import ClaimedJob, JobQueue, LeaseLost
 from sora2.api.metrics import ApiMetrics
 from sora2.api.providers.base import ErrorKind, ProviderError, VideoProvider
 from sora2.api.storage import Storage
+from sora2.logs import request_id_var
 from sora2.settings import Settings
 
 logger = logging.getLogger("sora2.api.worker")
@@ -163,6 +164,8 @@ class Worker:
             return True
 
     async def _drive_and_settle(self, job: ClaimedJob) -> None:
+        # The job's log lines carry its video id where a request's carry the request id.
+        request_id_var.set(f"video-{job.video_id}")
         started = time.monotonic()
         outcome = "lease_lost"
         try:

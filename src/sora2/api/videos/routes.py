@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from sora2.api.context import ApiContext
 from sora2.api.deps import Context, CurrentUser, SessionDep
@@ -170,6 +172,28 @@ async def video_events(
     )
 
 
+def _check_range(request: Request, path: Path) -> None:
+    """Answers a bad `Range` in our JSON shape (Starlette's own answer would be plain text)."""
+    header = request.headers.get("range")
+    if header is None:
+        return
+    size = path.stat().st_size
+    try:
+        FileResponse._parse_range_header(header, size)
+    except MalformedRangeHeader:
+        raise ApiError(
+            400, "Bad Request", "The Range header is malformed: send e.g. 'bytes=0-1023'."
+        ) from None
+    except RangeNotSatisfiable:
+        raise ApiError(
+            416,
+            "Range Not Satisfiable",
+            f"The requested range is outside the file ({size} bytes).",
+            details={"size": size},
+            headers={"Content-Range": f"bytes */{size}"},
+        ) from None
+
+
 def _file_of(context: ApiContext, video: Video, key: str | None, what: str) -> str:
     if video.status != "completed" or key is None:
         raise ApiError(
@@ -193,6 +217,7 @@ FILE_RESPONSES: dict[int | str, dict[str, Any]] = STATE_RESPONSES | {
 
 @router.get("/{video_id}/content", response_class=FileResponse, responses=FILE_RESPONSES)
 async def video_content(
+    request: Request,
     video_id: str,
     user: CurrentUser,
     context: Context,
@@ -202,6 +227,7 @@ async def video_content(
     """The MP4; `Range` requests get 206 (416 outside the file); `?download=1` saves as a file."""
     video = await service.get_own(session, user_id=user.id, video_id=video_id)
     path = _file_of(context, video, video.video_key, "video")
+    _check_range(request, Path(path))
     return FileResponse(
         path,
         media_type="video/mp4",
