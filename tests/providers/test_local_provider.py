@@ -179,7 +179,7 @@ from sora2.api.providers.local import LocalProvider
 
 async def main():
     provider = LocalProvider(Path(sys.argv[1]))
-    job_id = await provider.start(GenerationRequest("crash test", "sora-2", 8, "1280x720"))
+    job_id = await provider.start(GenerationRequest("crash test", "sora-2", 12, "640x360"))
     while (await provider.status(job_id)).progress == 0:
         await asyncio.sleep(0.01)
     print(job_id, flush=True)

@@ -359,19 +359,12 @@ class LocalProvider:
         async with self._slots:
             if folder.state() != "pending":
                 return
-            with folder.log_file.open("ab") as log:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    __name__,
-                    str(folder.path),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    # Its own session: a Ctrl-C meant for the api reaches the renders only through
-                    # `close()`, which lets them count the stop as a shutdown, not a crash.
-                    start_new_session=True,
-                )
+            try:
+                process = await _spawn_renderer(folder)
+            except OSError as error:
+                # Out of processes or file handles: the job stays pending, the next poll retries.
+                logger.error("cannot start the local render of %s: %s", job_id, error.strerror)
+                return
             self._processes[job_id] = process
             try:
                 code = await process.wait()
@@ -403,17 +396,41 @@ class LocalProvider:
                 await task
 
 
+async def _spawn_renderer(folder: JobFolder) -> asyncio.subprocess.Process:
+    with folder.log_file.open("ab") as log:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            __name__,
+            str(folder.path),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            # Its own session: a Ctrl-C meant for the api reaches the renders only through
+            # `close()`, which lets them count the stop as a shutdown, not a crash.
+            start_new_session=True,
+        )
+
+
 def remove_finished_jobs(root: Path, finished_before: float) -> int:
     """Delete job folders whose verdict is older than `finished_before`; how many went."""
     removed = 0
-    for path in root.iterdir():
-        folder = JobFolder(path)
-        if not JOB_ID_PATTERN.fullmatch(path.name) or folder.is_being_rendered():
+    try:
+        paths = list(root.iterdir())
+    except FileNotFoundError:
+        return 0
+    for path in paths:
+        if not JOB_ID_PATTERN.fullmatch(path.name):
             continue
-        finished_at = folder.finished_at()
-        if finished_at is not None and finished_at < finished_before:
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
+        try:
+            folder = JobFolder(path)
+            finished_at = folder.finished_at()
+            if finished_at is None or finished_at >= finished_before or folder.is_being_rendered():
+                continue
+        except OSError:
+            continue  # removed by another process's sweep meanwhile
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
     if removed:
         logger.info("removed %d finished local render folders", removed)
     return removed
