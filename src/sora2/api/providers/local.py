@@ -547,7 +547,12 @@ def render_job(folder: JobFolder) -> int:
             return 0
         except Exception as error:
             folder.remove_partial_files()
-            folder.fail("render_failed", f"The renderer failed: {type(error).__name__}: {error}")
+            # Users see the kind of error; the traceback, with paths, goes to render.log only.
+            folder.fail(
+                "render_failed",
+                f"The local renderer failed ({type(error).__name__}); try again, and if it "
+                "keeps failing an operator will find the reason in the job's render.log.",
+            )
             raise
         os.replace(folder.partial_thumbnail, folder.thumbnail)
         os.replace(folder.partial_video, folder.video)
