@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from sora2.api.providers.base import (
     ProviderError,
     ProviderJob,
 )
-from sora2.api.providers.local import JobFolder, LocalProvider
+from sora2.api.providers.local import JobFolder, LocalProvider, spec_from_request
 from sora2.settings import load_settings
 from tests.fakes.servers import serving
 
@@ -418,3 +419,24 @@ async def test_chromium_plays_the_video_and_shows_the_thumbnail(
     assert played["duration"] == pytest.approx(4.0, abs=1 / 24)
     assert played["time"] >= 0.5
     assert thumb_width == 320
+
+
+async def test_a_renderer_error_fails_the_job_with_a_message_free_of_server_paths(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "local-provider"
+    # A job left by a process that died before rendering, whose renderer cannot write its output:
+    # a directory sits where the file must go.
+    job_id = f"local-{uuid.uuid4().hex}"
+    folder = JobFolder(root / job_id)
+    folder.create(spec_from_request(request()))
+    folder.partial_video.mkdir()
+
+    provider = LocalProvider(root)
+    try:
+        job = (await wait_until_final(provider, job_id))[-1]
+    finally:
+        await provider.close()
+    assert (job.status, job.error_code) == ("failed", "render_failed")
+    assert str(tmp_path) not in (job.error_message or "")
+    assert "IsADirectoryError" in folder.log_file.read_text()

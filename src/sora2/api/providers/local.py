@@ -191,8 +191,9 @@ class JobFolder:
             os.close(descriptor)
 
     def remove_partial_files(self) -> None:
-        self.partial_video.unlink(missing_ok=True)
-        self.partial_thumbnail.unlink(missing_ok=True)
+        for partial in (self.partial_video, self.partial_thumbnail):
+            with contextlib.suppress(OSError):  # best effort: the next render overwrites them
+                partial.unlink(missing_ok=True)
 
 
 class LocalProvider:
