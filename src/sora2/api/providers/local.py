@@ -74,7 +74,13 @@ class JobSpec:
 
     @property
     def scene(self) -> Scene:
-        return Scene(prompt=self.prompt, width=self.width, height=self.height, seconds=self.seconds)
+        return Scene(
+            prompt=self.prompt,
+            width=self.width,
+            height=self.height,
+            seconds=self.seconds,
+            caption=f"{self.model} · rendered locally",
+        )
 
 
 def write_atomically(path: Path, data: bytes) -> None:

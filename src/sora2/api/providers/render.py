@@ -60,6 +60,7 @@ class Scene:
     height: int
     seconds: int
     fps: int = FPS
+    caption: str = ""  # small print in the top-left corner, e.g. which model it stands in for
 
     @property
     def frame_count(self) -> int:
@@ -217,6 +218,7 @@ class FramePainter:
         self.strip = GradientStrip(scene.width, scene.height, palette)
         self.lights = drifting_lights(scene, palette)
         self.text = TextLayer(scene)
+        self.caption = Caption(scene) if scene.caption.strip() else None
         self.bar_colour = colour_to_yuv(palette.light)
         self.planes = Planes(scene.width, scene.height)
 
@@ -230,6 +232,8 @@ class FramePainter:
         for light in self.lights:
             light.blend_onto(self.planes, time)
         self.text.blend_onto(self.planes, min(1.0, progress / REVEAL_UNTIL), time)
+        if self.caption is not None:
+            self.caption.blend_onto(self.planes)
         self._timeline((index + 1) / scene.frame_count)
         return self.planes
 
@@ -362,6 +366,12 @@ class TextWeights:
     keep_chroma: Weights
     add_chroma: Weights
 
+    def composite_onto(self, planes: Planes, left: int, top: int) -> None:
+        """Blend over the frame with the layer's top-left corner at (left, top), both even."""
+        _composite(planes.y, self.keep, self.add_y, left, top)
+        for chroma in (planes.u, planes.v):
+            _composite(chroma, self.keep_chroma, self.add_chroma, left // 2, top // 2)
+
     def hide_after(self, line_top: int, line_bottom: int, x: int) -> TextWeights:
         """A copy with everything from `x` on the band [line_top, line_bottom) onwards removed."""
         keep, add_y = self.keep.copy(), self.add_y.copy()
@@ -412,10 +422,7 @@ class TextLayer:
     def blend_onto(self, planes: Planes, reveal: float, time: float) -> None:
         self._reveal(math.ceil(reveal * len(self.words)))
         top = self.top + _even(self.drift * (1 + math.sin(time * 1.5))) - self.drift
-        weights = self._visible
-        _composite(planes.y, weights.keep, weights.add_y, self.left, top)
-        for chroma in (planes.u, planes.v):
-            _composite(chroma, weights.keep_chroma, weights.add_chroma, self.left // 2, top // 2)
+        self._visible.composite_onto(planes, self.left, top)
 
     def _reveal(self, count: int) -> None:
         """Hide every word after the first `count` (recomputed only when `count` changes)."""
@@ -428,6 +435,32 @@ class TextLayer:
         line, x = (self.words[count - 1].line, self.words[count - 1].right) if count else (0, 0)
         top = self.line_tops[line]
         self._visible = self.weights.hide_after(top, top + self.line_height, x)
+
+
+class Caption:
+    """One line of small print in the top-left corner, still for the whole clip."""
+
+    def __init__(self, scene: Scene) -> None:
+        font = load_font(max(MIN_FONT_PX, scene.height // 32))
+        text = _ellipsize_to(scene.caption.strip(), font, scene.width // 2)
+        line_height = _line_height(font)
+        margin = max(2, line_height // 4)
+        fill = Image.new(
+            "L",
+            (_even(_text_width(font, text) + 2 * margin + 1), _even(line_height + 2 * margin + 1)),
+            0,
+        )
+        ImageDraw.Draw(fill).text((margin, margin), text, fill=230, font=font)
+        shadow = fill.filter(ImageFilter.GaussianBlur(max(1, line_height // 8)))
+        self.weights = text_weights(fill, shadow)
+        self.left = self.top = _even(scene.height / 40)
+
+    def blend_onto(self, planes: Planes) -> None:
+        self.weights.composite_onto(planes, self.left, self.top)
+
+
+def _ellipsize_to(text: str, font: Font, width: int) -> str:
+    return text if _text_width(font, text) <= width else _ellipsize(text, font, width)
 
 
 def text_weights(fill: Image.Image, shadow: Image.Image) -> TextWeights:
