@@ -373,15 +373,24 @@ class LocalProvider:
                 logger.error("cannot start the local render of %s: %s", job_id, error.strerror)
                 return
             self._processes[job_id] = process
+            started = time.monotonic()
             try:
-                code = await process.wait()
+                await process.wait()
             finally:
                 self._processes.pop(job_id, None)
-        if self._closed:
-            return
-        if folder.state() == "failed":
+        if not self._closed:
+            self._log_outcome(job_id, folder, process, time.monotonic() - started)
+
+    @staticmethod
+    def _log_outcome(
+        job_id: str, folder: JobFolder, process: asyncio.subprocess.Process, seconds: float
+    ) -> None:
+        state, code = folder.state(), process.returncode
+        if state == "completed" and folder.renderer_pid() == process.pid:
+            logger.info("local render %s completed in %.1f s", job_id, seconds)
+        elif state == "failed":
             logger.warning("local render %s failed: %s", job_id, folder.failure()[0])
-        elif folder.state() == "pending" and code != 0:
+        elif state == "pending" and code != 0:
             # Died without a verdict (killed, out of memory): the next `status` renders it again.
             logger.warning("local render %s stopped with exit code %s", job_id, code)
 
