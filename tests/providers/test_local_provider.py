@@ -25,6 +25,7 @@ from sora2.api.providers.base import (
     ProviderJob,
 )
 from sora2.api.providers.local import JobFolder, LocalProvider, spec_from_request
+from sora2.api.providers.render import THUMBNAIL_AT
 from sora2.settings import load_settings
 from tests.fakes.servers import serving
 
@@ -102,6 +103,10 @@ async def test_renders_a_browser_playable_h264_mp4_of_the_exact_size_and_length(
     with Image.open(thumbnail) as image:
         assert image.format == "JPEG"
         assert abs(image.width / image.height - 16 / 9) < 0.01
+        # It shows the clip: the frame it was taken from, scaled down, looks the same.
+        shown = frames[int(len(frames) * THUMBNAIL_AT)]
+        scaled = Image.fromarray(shown).resize(image.size, Image.Resampling.LANCZOS)
+        assert np.abs(np.asarray(image, dtype=int) - np.asarray(scaled)).mean() < 6
 
 
 async def test_portrait_clip_and_thumbnail_keep_their_orientation(
