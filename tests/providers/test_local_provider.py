@@ -445,3 +445,24 @@ async def test_a_renderer_error_fails_the_job_with_a_message_free_of_server_path
     assert (job.status, job.error_code) == ("failed", "render_failed")
     assert str(tmp_path) not in (job.error_message or "")
     assert "IsADirectoryError" in folder.log_file.read_text()
+
+
+async def test_providers_in_different_processes_share_the_render_slots(tmp_path: Path) -> None:
+    root = tmp_path / "local-provider"
+    first, second = LocalProvider(root, max_parallel=1), LocalProvider(root, max_parallel=1)
+    try:
+        busy = await first.start(request("1280x720", 12))
+        await wait_until_started(first, busy)
+        waiting = await second.start(request())
+        waiting_folder = JobFolder(root / waiting)
+
+        # Its render process is up and holds the job, but the one slot is taken: it waits.
+        await wait_for(waiting_folder.is_being_rendered, "the second render process started")
+        assert (await second.status(waiting)).status == "queued"
+        assert (await first.status(busy)).status == "in_progress"
+
+        await first.cancel(busy)  # frees the slot
+        assert (await wait_until_final(second, waiting))[-1].status == "completed"
+    finally:
+        await first.close()
+        await second.close()

@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -54,6 +54,7 @@ MAX_RENDER_ATTEMPTS = 3  # renders that died without finishing (a shutdown does 
 MIN_SIDE, MAX_SIDE = 16, 4096
 MIN_SECONDS, MAX_SECONDS = 1, 60
 STOP_GRACE_SECONDS = 5.0
+SLOT_POLL_SECONDS = 0.05
 RENDER_NICENESS = 10  # the api and the worker stay responsive while a clip renders
 # Finished job folders are removed this long after their verdict: the worker has copied the files
 # long before, and a user deleting a video must get the disk space back eventually.
@@ -216,8 +217,7 @@ class LocalProvider:
     ) -> None:
         self.root = root
         self.retention_seconds = retention_seconds
-        # x264 already uses every core, so one render per two cores keeps the machine responsive.
-        self.max_parallel = max_parallel or max(1, (os.cpu_count() or 2) // 2)
+        self.max_parallel = max_parallel or default_parallelism()
         self._slots = asyncio.Semaphore(self.max_parallel)
         self._renders: dict[str, asyncio.Task[None]] = {}
         self._processes: dict[str, asyncio.subprocess.Process] = {}
@@ -280,10 +280,10 @@ class LocalProvider:
             # Unfinished, and nobody is on it: the process that rendered it died. Start again.
             logger.info("local render %s has no renderer; rendering it again", job_id)
             self._schedule(job_id)
-        progress = folder.progress()
-        started = rendering or progress > 0
+        # The progress file appears once a render has a slot; before that the job waits its turn.
+        started = folder.progress_file.exists()
         return ProviderJob(
-            id=job_id, status="in_progress" if started else "queued", progress=progress
+            id=job_id, status="in_progress" if started else "queued", progress=folder.progress()
         )
 
     async def download(self, job_id: str, video: Path, thumbnail: Path) -> None:
@@ -367,7 +367,7 @@ class LocalProvider:
             if folder.state() != "pending":
                 return
             try:
-                process = await _spawn_renderer(folder)
+                process = await _spawn_renderer(folder, self.max_parallel)
             except OSError as error:
                 # Out of processes or file handles: the job stays pending, the next poll retries.
                 logger.error("cannot start the local render of %s: %s", job_id, error.strerror)
@@ -412,13 +412,19 @@ class LocalProvider:
                 await task
 
 
-async def _spawn_renderer(folder: JobFolder) -> asyncio.subprocess.Process:
+def default_parallelism() -> int:
+    """x264 already uses every core, so one render per two cores keeps the machine responsive."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+async def _spawn_renderer(folder: JobFolder, slots: int) -> asyncio.subprocess.Process:
     with folder.log_file.open("ab") as log:
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             __name__,
             str(folder.path),
+            str(slots),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -526,6 +532,7 @@ class ProgressFile:
     def __init__(self, folder: JobFolder) -> None:
         self.folder = folder
         self.written = folder.progress()
+        folder.write_progress(self.written)  # from now on the job is in progress
 
     def __call__(self, done: int, total: int) -> None:
         percent = done * 99 // total  # 100 means the files are in place, not just encoded
@@ -534,7 +541,36 @@ class ProgressFile:
             self.written = percent
 
 
-def render_job(folder: JobFolder) -> int:
+@contextlib.contextmanager
+def render_slot(root: Path, slots: int, stop: Callable[[], bool]) -> Iterator[bool]:
+    """Take one of `slots` render slots shared by every process rendering under `root`.
+
+    Each provider limits its own renders, but several worker processes on one machine each have
+    one: the slots (a lock file each) keep their renders together to the same limit. Yields
+    whether a slot was taken: False when told to stop while waiting for one.
+    """
+    descriptors = [
+        os.open(root / f".render-slot-{index}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        for index in range(slots)
+    ]
+    try:
+        while not stop():
+            for descriptor in descriptors:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                yield True  # closing the descriptor below releases the slot
+                return
+            # Polled rather than blocking in flock, so a cancel is noticed while queued.
+            time.sleep(SLOT_POLL_SECONDS)
+        yield False
+    finally:
+        for descriptor in descriptors:
+            os.close(descriptor)
+
+
+def render_job(folder: JobFolder, slots: int) -> int:
     """Render one job folder to completion unless someone else already is; the exit code."""
     with folder.render_lock() as acquired:
         if not acquired or folder.state() != "pending":
@@ -549,13 +585,18 @@ def render_job(folder: JobFolder) -> int:
         signal.signal(signal.SIGTERM, stop.on_signal)
         signal.signal(signal.SIGINT, stop.on_signal)
         try:
-            render_clip(
-                folder.read_spec().scene,
-                folder.partial_video,
-                folder.partial_thumbnail,
-                on_progress=ProgressFile(folder),
-                should_stop=stop,
-            )
+            with render_slot(folder.path.parent, slots, stop) as got_slot:
+                if not got_slot:
+                    raise RenderStopped
+                render_clip(
+                    folder.read_spec().scene,
+                    folder.partial_video,
+                    folder.partial_thumbnail,
+                    on_progress=ProgressFile(folder),
+                    should_stop=stop,
+                )
+                os.replace(folder.partial_thumbnail, folder.thumbnail)
+                os.replace(folder.partial_video, folder.video)
         except RenderStopped:
             folder.remove_partial_files()
             if stop.shutting_down:
@@ -570,18 +611,20 @@ def render_job(folder: JobFolder) -> int:
                 "keeps failing an operator will find the reason in the job's render.log.",
             )
             raise
-        os.replace(folder.partial_thumbnail, folder.thumbnail)
-        os.replace(folder.partial_video, folder.video)
         folder.write_progress(100)
         return 0
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m sora2.api.providers.local <job folder>", file=sys.stderr)
+    if len(argv) not in (1, 2) or not all(arg.isdigit() for arg in argv[1:]):
+        print(
+            "usage: python -m sora2.api.providers.local <job folder> [render slots]",
+            file=sys.stderr,
+        )
         return 2
     os.nice(RENDER_NICENESS)
-    return render_job(JobFolder(Path(argv[0])))
+    slots = int(argv[1]) if len(argv) == 2 else default_parallelism()
+    return render_job(JobFolder(Path(argv[0])), max(1, slots))
 
 
 if __name__ == "__main__":
