@@ -12,7 +12,7 @@ it cannot hold the api's GIL or starve its event loop, it runs at a lower schedu
 can be stopped at once by a signal, a crash inside a C library cannot take the api down, and a
 render in flight finishes even when the api process that started it is killed.
 
-`python -m sora2.api.providers.local <job folder>` is that child.
+`python -m sora2.api.providers.local <job folder> [render slots]` is that child.
 """
 
 from __future__ import annotations
