@@ -160,6 +160,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _openai_needs_a_key(self) -> Settings:
+        if self.video_provider == "openai" and not self.openai_api_keys:
+            raise ValueError(
+                "VIDEO_PROVIDER=openai needs at least one key: set OPENAI_API_KEYS "
+                "(comma-separated) or OPENAI_API_KEY, or use VIDEO_PROVIDER=local"
+            )
+        return self
+
     @property
     def is_development(self) -> bool:
         return self.app_env == "development"

@@ -27,7 +27,7 @@ from sora2.api.providers.base import (
 )
 from sora2.api.providers.keys import KeyPool
 from sora2.api.providers.openai import OpenAIProvider, retry_after_seconds
-from sora2.settings import load_settings
+from sora2.settings import SettingsError, load_settings
 from tests.fakes.fake_videos_api import (
     BLOCKED_AT_CREATE,
     BLOCKED_WHILE_RENDERING,
@@ -500,6 +500,16 @@ async def test_the_provider_is_configured_from_settings(
 
     with pytest.raises(ValueError, match="OPENAI_API_KEYS"):
         OpenAIProvider.from_settings(load_settings(openai_api_keys=""))
+
+
+def test_choosing_openai_without_a_key_is_refused_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEYS", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+    with pytest.raises(SettingsError, match="set OPENAI_API_KEYS"):
+        load_settings(video_provider="openai")
 
 
 # --- through the api and its worker, as a user meets it ---
