@@ -156,11 +156,14 @@ def test_doctor_flags_openai_without_keys_and_an_unwritable_folder(tmp_path: Pat
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the data folder should be")
 
-    code, findings = run_doctor(tmp_path, VIDEO_PROVIDER="openai", DATA_DIR=str(blocker / "data"))
+    code, findings = run_doctor(tmp_path, VIDEO_PROVIDER="openai")
 
     assert code == 1
-    provider = findings["video provider"]
-    assert provider["status"] == "fail"
-    assert "OPENAI_API_KEYS" in provider["fix"]
+    # Settings themselves refuse the openai provider without a key, and say how to fix it.
+    assert findings["settings"]["status"] == "fail"
+    assert "OPENAI_API_KEYS" in findings["settings"]["detail"]
+
+    code, findings = run_doctor(tmp_path, DATA_DIR=str(blocker / "data"))
+    assert code == 1
     assert findings["data dir"]["status"] == "fail"
     assert "DATA_DIR" in findings["data dir"]["fix"]
