@@ -196,7 +196,6 @@ def _service_specs(
         env = dict(base)
         if service == "api":
             env.update(API_HOST=choice.host, API_PORT=str(choice.port))
-            env.setdefault("API_EMBEDDED_WORKER", "1")  # the worker runs inside the api in dev
             if "web" in choices:
                 env["FRONTEND_URL"] = _frontend_url(settings, choices["web"], console)
         else:
