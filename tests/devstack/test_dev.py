@@ -138,7 +138,7 @@ def test_a_killed_api_is_restarted_and_the_proxy_recovers(shared_stack: DevStack
 
 
 def test_repeated_crashes_stop_the_stack_with_an_explanation(start_stack: Any) -> None:
-    stack = start_stack("--no-reload")
+    stack = start_stack("api", "--no-reload")  # the web would only add start-up time
     stack.wait_ready()
     killed: set[int] = set()
 
@@ -228,3 +228,15 @@ def test_a_code_change_reloads_only_the_affected_service(shared_stack: DevStack)
     assert psutil.pid_exists(web_pid or 0)
     # The web kept running; its proxy finds the new api by itself.
     wait_until(lambda: proxy_health(stack.web_port) == 200, timeout=15, what="proxy recovery")
+
+
+def test_the_web_alone_proxies_to_an_api_started_elsewhere(
+    start_stack: Any, shared_stack: DevStack
+) -> None:
+    api_url = f"http://127.0.0.1:{shared_stack.api_port}"
+    stack = start_stack("web", "--no-reload", env={"API_URL": api_url})
+    stack.wait_ready()
+
+    assert f"the api is not started here; the web proxies to API_URL={api_url}" in stack.output
+    assert "api ready" not in stack.output
+    wait_until(lambda: proxy_health(stack.web_port) == 200, timeout=15, what="the proxied api")
