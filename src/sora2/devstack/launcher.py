@@ -72,9 +72,18 @@ def launch(settings: Settings, options: LaunchOptions) -> int:
     run_file = RunFile(settings.data_dir)
     try:
         console.mark_start(f"sora2 dev {' '.join(options.services)} (PID {os.getpid()})")
+        if not settings.is_development:
+            console.say(
+                f"APP_ENV={settings.app_env} is set, but sora2 dev always runs the services in "
+                "development; for production use sora2 serve api|web|worker"
+            )
         choices = _choose_ports(settings, options, run_file, console)
         specs = _service_specs(settings, options, choices, console)
         return asyncio.run(_run(settings, specs, options, console, run_file, started_at))
+    except KeyboardInterrupt:
+        # Ctrl-C before the services started (while ports were checked): nothing to stop.
+        console.say("interrupted")
+        return 130
     finally:
         console.close()
 
