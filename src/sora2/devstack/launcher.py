@@ -170,7 +170,12 @@ def _move_port(
     options: LaunchOptions,
     console: Console,
 ) -> int:
-    who = holder.describe() if holder is not None else "another service of this stack"
+    if port in taken:
+        who = "the other service of this stack (API_PORT and WEB_PORT are equal)"
+    elif holder is None:
+        who = "a socket whose owner could not be found (bound but not listening?)"
+    else:
+        who = holder.describe()
     variable = f"{service.upper()}_PORT"
     if options.strict_ports:
         raise LaunchError(
