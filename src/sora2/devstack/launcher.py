@@ -321,7 +321,7 @@ def _current_run(run_file: RunFile) -> RunRecord:
 def _handle_stop_signals(
     stop: asyncio.Event, supervisors: Sequence[Supervisor], console: Console
 ) -> None:
-    """First Ctrl-C/SIGTERM: stop in order, gracefully. Second: kill everything at once."""
+    """First Ctrl-C/SIGTERM/SIGHUP: stop in order, gracefully. Second: kill everything at once."""
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: signal.Signals) -> None:
@@ -333,7 +333,8 @@ def _handle_stop_signals(
         for supervisor in supervisors:
             supervisor.kill_now()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP: the terminal was closed; stop as gracefully as for Ctrl-C.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, on_signal, signum)
 
 
