@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import importlib.metadata
 import importlib.util
+import ipaddress
 import json
 import re
 import socket
@@ -259,10 +260,12 @@ def check_api(settings: Settings) -> list[Finding]:
 
 def _unreachable(settings: Settings, host: str, port: int, reach: dict[str, str | None]) -> Finding:
     tried = ", ".join(f"{ports.url_host(a)}:{port} {problem}" for a, problem in reach.items())
+    # Only a loopback name can be the mismatch; a remote host that is down is simply down.
+    local = all(ipaddress.ip_address(address.split("%")[0]).is_loopback for address in reach)
     elsewhere = [
         address
         for address in _LOOPBACKS
-        if address not in reach and _try_connect_host(address, port) is None
+        if local and address not in reach and _try_connect_host(address, port) is None
     ]
     if elsewhere:
         other = elsewhere[0]
@@ -275,7 +278,7 @@ def _unreachable(settings: Settings, host: str, port: int, reach: dict[str, str 
             f"set API_URL=http://{ports.url_host(other)}:{port}",
         )
     hint = ""
-    if url_port_differs(settings):
+    if _url_port_differs(settings):
         hint = f"; note API_URL points at port {port} while API_PORT is {settings.api_port}"
     return Finding(
         "api reachable",
@@ -286,7 +289,7 @@ def _unreachable(settings: Settings, host: str, port: int, reach: dict[str, str 
     )
 
 
-def url_port_differs(settings: Settings) -> bool:
+def _url_port_differs(settings: Settings) -> bool:
     return urlsplit(settings.api_url).port not in (None, settings.api_port)
 
 
