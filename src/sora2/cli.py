@@ -40,19 +40,30 @@ def _serve(args: argparse.Namespace) -> int:
         from sora2.web.server import serve as serve_web
 
         serve_web(settings)
+    elif args.service == "worker":
+        from sora2.api.cli import serve_worker
+
+        return serve_worker(args)
     return 0
 
 
 def _register_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run one service in the foreground")
-    serve.add_argument("service", choices=["api", "web"])
+    serve.add_argument("service", choices=["api", "web", "worker"])
     serve.set_defaults(handler=_serve)
+
+
+def _register_api(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sora2.api.cli import register
+
+    register(commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sora2", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_serve(commands)
+    _register_api(commands)
     return parser
 
 

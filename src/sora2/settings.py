@@ -201,6 +201,86 @@ class Settings(BaseSettings):
         path.chmod(0o600)
         return secret
 
+    # --- api: accounts, credits, jobs (owned by the api; see docs/configuration.md "API") ---
+    api_embedded_worker: bool | None = Field(None, validation_alias=_aliases("API_EMBEDDED_WORKER"))
+    signup_credits: int = Field(
+        100, ge=0, le=1_000_000, validation_alias=_aliases("SIGNUP_CREDITS")
+    )
+    video_prices: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=lambda: {"sora-2": 1, "sora-2-pro": 3},
+        validation_alias=_aliases("VIDEO_PRICES"),
+    )
+    access_token_ttl_seconds: int = Field(
+        900, ge=10, le=86_400, validation_alias=_aliases("ACCESS_TOKEN_TTL_SECONDS")
+    )
+    refresh_token_ttl_days: int = Field(
+        30, ge=1, le=365, validation_alias=_aliases("REFRESH_TOKEN_TTL_DAYS")
+    )
+    password_hash_memory_kib: int = Field(
+        65_536, ge=1_024, le=1_048_576, validation_alias=_aliases("PASSWORD_HASH_MEMORY_KIB")
+    )
+    rate_limit_window_seconds: int = Field(
+        900, ge=1, le=86_400, validation_alias=_aliases("RATE_LIMIT_WINDOW_SECONDS")
+    )
+    login_limit_per_ip: int = Field(30, ge=1, validation_alias=_aliases("LOGIN_LIMIT_PER_IP"))
+    login_limit_per_account: int = Field(
+        10, ge=1, validation_alias=_aliases("LOGIN_LIMIT_PER_ACCOUNT")
+    )
+    register_limit_per_ip: int = Field(10, ge=1, validation_alias=_aliases("REGISTER_LIMIT_PER_IP"))
+    worker_concurrency: int = Field(2, ge=1, le=64, validation_alias=_aliases("WORKER_CONCURRENCY"))
+    worker_lease_seconds: float = Field(
+        30.0, ge=0.5, le=3_600, validation_alias=_aliases("WORKER_LEASE_SECONDS")
+    )
+    worker_idle_poll_ms: int = Field(
+        500, ge=10, le=60_000, validation_alias=_aliases("WORKER_IDLE_POLL_MS")
+    )
+    worker_provider_poll_ms: int = Field(
+        1_000, ge=10, le=60_000, validation_alias=_aliases("WORKER_PROVIDER_POLL_MS")
+    )
+    job_max_attempts: int = Field(5, ge=1, le=100, validation_alias=_aliases("JOB_MAX_ATTEMPTS"))
+    job_retry_base_ms: int = Field(
+        2_000, ge=1, le=3_600_000, validation_alias=_aliases("JOB_RETRY_BASE_MS")
+    )
+    job_retry_max_ms: int = Field(
+        120_000, ge=1, le=86_400_000, validation_alias=_aliases("JOB_RETRY_MAX_MS")
+    )
+    sse_poll_interval_ms: int = Field(
+        1_000, ge=10, le=60_000, validation_alias=_aliases("SSE_POLL_INTERVAL_MS")
+    )
+
+    @field_validator("video_prices", mode="before")
+    @classmethod
+    def _price_table(cls, value: object) -> object:
+        """`sora-2=1,sora-2-pro=3`: credits per second of video, by model."""
+        if not isinstance(value, str):
+            return value
+        table: dict[str, object] = {}
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            model, sep, price = item.strip().partition("=")
+            if not sep:
+                raise ValueError(f"{item!r} must look like model=credits_per_second (sora-2=1)")
+            table[model.strip()] = price.strip()
+        return table
+
+    @field_validator("video_prices")
+    @classmethod
+    def _prices_cover_models(cls, value: dict[str, int]) -> dict[str, int]:
+        missing = {"sora-2", "sora-2-pro"} - value.keys()
+        if missing:
+            raise ValueError(f"needs a price for {', '.join(sorted(missing))}")
+        if any(price < 0 for price in value.values()):
+            raise ValueError("prices cannot be negative")
+        return value
+
+    @property
+    def runs_embedded_worker(self) -> bool:
+        """`API_EMBEDDED_WORKER`, or by default: the api runs a worker itself in development."""
+        if self.api_embedded_worker is None:
+            return self.is_development
+        return self.api_embedded_worker
+
 
 def describe_validation_error(error: ValidationError) -> str:
     """One line per invalid variable, named as the user writes it in the environment."""
