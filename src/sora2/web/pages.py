@@ -30,8 +30,9 @@ MODELS = ("sora-2", "sora-2-pro")
 SECONDS = (4, 8, 12)
 SIZES = ("1280x720", "720x1280", "1024x1792", "1792x1024")
 PROMPT_MAX_CHARS = 2000
-# Credits per second of video, by model: what the generate page shows before submitting.
-# The api charges; this only has to agree with it, and the api's 402 says the real figure.
+# Credits per second of video, by model, when no table is given: the api's default
+# (`VIDEO_PRICES`). The pages show the table from the same settings as the api reads, and the
+# generate page prefers the one the api itself sends with the balance.
 CREDITS_PER_SECOND = {"sora-2": 1, "sora-2-pro": 3}
 
 _CONTENT_TYPES = {
@@ -196,7 +197,10 @@ async def _static_file(request: web.Request) -> web.StreamResponse:
 def add_pages(app: web.Application, settings: Settings) -> None:
     # In development a template edit shows on the next request; elsewhere pages render once.
     app[RENDERER_KEY] = PageRenderer(
-        create_environment(), static_version(), cache=not settings.is_development
+        create_environment(),
+        static_version(),
+        dict(settings.video_prices),
+        cache=not settings.is_development,
     )
     app[STATIC_FILES_KEY] = static_files()
     for path, page in PAGES.items():
