@@ -27,8 +27,12 @@ lint: venv
 test: lint
 	$(BIN)/python -m pytest
 
-bench: venv
+bench: venv $(VENV)/.bench-installed
 	$(BIN)/python -m bench
+
+$(VENV)/.bench-installed: pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $@
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

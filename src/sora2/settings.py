@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     openai_base_url: str = Field(
         "https://api.openai.com/v1", validation_alias=_aliases("OPENAI_BASE_URL")
     )
+    # The openai provider: how long one upstream call may stay silent before it counts as transient.
+    openai_timeout_ms: int = Field(
+        60_000, ge=100, le=3_600_000, validation_alias=_aliases("OPENAI_TIMEOUT_MS")
+    )
 
     @field_validator("app_env", mode="before")
     @classmethod
@@ -153,6 +157,15 @@ class Settings(BaseSettings):
                 f"JWT_SECRET must be set to at least {MIN_JWT_SECRET_LENGTH} random characters "
                 "in production (generate one: python -c 'import secrets; "
                 "print(secrets.token_urlsafe(48))')"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _openai_needs_a_key(self) -> Settings:
+        if self.video_provider == "openai" and not self.openai_api_keys:
+            raise ValueError(
+                "VIDEO_PROVIDER=openai needs at least one key: set OPENAI_API_KEYS "
+                "(comma-separated) or OPENAI_API_KEY, or use VIDEO_PROVIDER=local"
             )
         return self
 

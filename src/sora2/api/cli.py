@@ -8,10 +8,9 @@ import json
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from sora2.cli import CommandExit, settings_or_exit
+from sora2.cli import CommandExit, Commands, settings_or_exit
 
 T = TypeVar("T")
-Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def register(commands: Commands) -> None:

@@ -1,0 +1,32 @@
+"""`--profile` turns py-spy's collapsed stacks into per-function time per request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench._profile import SAMPLE_RATE_HZ, parse_collapsed, profile_section
+
+
+def test_own_and_inclusive_time_per_function(tmp_path: Path) -> None:
+    raw = tmp_path / "profile.txt"
+    raw.write_text(
+        "main (/x/src/sora2/cli.py:3);handle (/x/src/sora2/proxy/_proxy.py:10);"
+        "send (/v/lib/python3.11/site-packages/aiohttp/client.py:5) 60\n"
+        "main (/x/src/sora2/cli.py:3);handle (/x/src/sora2/proxy/_proxy.py:12) 30\n"
+        "main (/x/src/sora2/cli.py:3) 10\n"
+    )
+    samples = parse_collapsed(raw, requests=SAMPLE_RATE_HZ)
+
+    assert samples.total == 100
+    assert samples.self_counts["send (aiohttp/client.py)"] == 60
+    assert samples.self_counts["handle (sora2/proxy/_proxy.py)"] == 30
+    assert samples.inclusive_counts["handle (sora2/proxy/_proxy.py)"] == 90
+
+    section = profile_section(samples)
+    # 60 samples at SAMPLE_RATE_HZ over SAMPLE_RATE_HZ requests: 60 / rate s / rate requests.
+    expected_send_us = 60 / SAMPLE_RATE_HZ * 1e6 / SAMPLE_RATE_HZ
+    assert f"| `send (aiohttp/client.py)` | 60.0% | {expected_send_us:.1f} |" in section
+    # The frame every sample shares says nothing about where time goes.
+    inclusive = section.split("Inclusive time", 1)[1]
+    assert "main (sora2/cli.py)" not in inclusive
+    assert "`handle (sora2/proxy/_proxy.py)` | 90.0%" in inclusive
