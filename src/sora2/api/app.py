@@ -41,12 +41,14 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
         await prepare_schema(context.database, apply=not settings.is_production)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(context.database.dispose)
-            context.provider = provider or _provider_from_settings(settings)
-            if provider is None:
+            context.provider = provider or _provider_for_health(settings)
+            if provider is None and context.provider is not None:
                 stack.push_async_callback(context.provider.close)
             if settings.runs_embedded_worker:
                 from sora2.api.jobs.worker import Worker
 
+                if context.provider is None:  # say why, loudly: a worker cannot run without one
+                    context.provider = _provider_from_settings(settings)
                 worker = Worker(
                     settings=settings,
                     database=context.database,
@@ -95,6 +97,21 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
     )
     app.add_middleware(RequestContextMiddleware, metrics=context.metrics)
     return app
+
+
+def _provider_for_health(settings: Settings) -> VideoProvider | None:
+    """The provider, or None (logged, and shown by `/api/health`) when it cannot be set up.
+
+    Without an embedded worker the api needs the provider only to report its state, so a broken
+    provider set-up must not keep accounts and the gallery from working.
+    """
+    try:
+        return _provider_from_settings(settings)
+    except Exception as error:
+        if settings.runs_embedded_worker:
+            raise
+        logger.error("video provider %r unavailable: %s", settings.video_provider, error)
+        return None
 
 
 def _provider_from_settings(settings: Settings) -> VideoProvider:

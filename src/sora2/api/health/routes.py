@@ -52,7 +52,7 @@ async def _worker_check(context: ApiContext) -> dict[str, Any]:
 
 def _provider_check(context: ApiContext) -> dict[str, Any]:
     if context.provider is None:
-        return {"status": "not_loaded"}
+        return {"name": context.settings.video_provider, "status": "unavailable"}
     try:
         return {"name": context.provider.name, **context.provider.health()}
     except Exception as error:
