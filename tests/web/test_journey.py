@@ -245,12 +245,15 @@ def test_sign_in_works_from_the_keyboard_alone(page: Page, stack: Stack) -> None
 
 def test_regenerate_and_delete_ask_first_and_do_what_they_say(page: Page, stack: Stack) -> None:
     register(page, email=unique_email("rex"), nickname="Rex")
-    original = generate(page, "A metronome ticking", model="sora-2", seconds=4, size="1280x720")
-    assert watch_until_ready(page)[-1][0] == "Ready"
+    cost = prices(page)["sora-2"] * 8
+    original = generate(page, "A metronome ticking", model="sora-2", seconds=8, size="1280x720")
+    page.get_by_role("button", name="Cancel and refund").click()
+    expect(page.locator("[data-video-status]")).to_have_text("Cancelled")
 
     page.get_by_role("button", name="Regenerate").click()
     dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text("Regenerate this video?")
+    expect(dialog).to_contain_text(f"for {cost} credits")
     dialog.get_by_role("button", name="Keep it").click()
     expect(dialog).to_be_hidden()
     expect(page).to_have_url(re.compile(f"/videos/{original}$"))
@@ -259,6 +262,7 @@ def test_regenerate_and_delete_ask_first_and_do_what_they_say(page: Page, stack:
     page.get_by_role("dialog").get_by_role("button", name="Regenerate").click()
     page.wait_for_url(lambda url: "/videos/" in url and not url.endswith(original))
     expect(page.locator("[data-video-prompt]")).to_have_text("A metronome ticking")
+    expect(page.locator("[data-balance-badge]")).to_have_text(f"{100 - cost} credits")
     page.get_by_role("button", name="Cancel and refund").click()
     expect(page.locator("[data-video-status]")).to_have_text("Cancelled")
 

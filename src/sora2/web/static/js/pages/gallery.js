@@ -44,6 +44,11 @@ function card(video) {
     progress.value = video.progress;
     progress.setAttribute("aria-label", `Progress ${Math.round(video.progress)}%`);
     frame.append(progress);
+  } else {
+    const note = document.createElement("span");
+    note.className = "thumb-note";
+    note.textContent = video.status === "failed" ? "Rendering failed" : "Cancelled before it was ready";
+    frame.append(note);
   }
   const title = document.createElement("span");
   title.className = "video-card-prompt";
