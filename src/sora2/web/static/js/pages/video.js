@@ -12,7 +12,7 @@ const videoId = root.dataset.videoId;
 const $ = (name) => root.querySelector(`[data-${name}]`);
 
 const RECONNECT_FIRST_MS = 1000;
-const RECONNECT_MAX_MS = 15000;
+const RECONNECT_MAX_MS = 5000;
 // The api sends `progress` on every change and `done` at a final state, each with the whole video.
 const EVENT_NAMES = ["message", "progress", "done"];
 
