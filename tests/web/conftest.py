@@ -201,8 +201,11 @@ def chromium_executable() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(chromium_executable: Path) -> Iterator[Browser]:
+    # Playwright's sync API runs its own event loop for as long as it lives, and pytest-asyncio
+    # cannot start one beside it: the browser ends with this folder, whose async tests run first
+    # (test_http_pages.py sorts before the browser modules).
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=str(chromium_executable), args=CHROMIUM_ARGS
