@@ -273,3 +273,37 @@ def test_regenerate_and_delete_ask_first_and_do_what_they_say(page: Page, stack:
     expect(page.locator(f'.video-card[data-video-id="{original}"]')).to_be_visible()
     expect(page.locator("[data-gallery-status]")).to_have_text("Video deleted. 1 video")
     expect(page).to_have_url(re.compile(r"/gallery$"))
+
+
+def test_the_profile_saves_a_nickname_and_changes_the_password(page: Page, stack: Stack) -> None:
+    email = unique_email("pat")
+    register(page, email=email, nickname="Pat")
+    page.goto("/profile")
+    expect(page.locator("[data-profile-email]")).to_have_text(email)
+    nickname = page.get_by_label("Nickname")
+    expect(nickname).to_have_value("Pat")
+    nickname.fill("Patricia <i>")
+    page.get_by_role("button", name="Save nickname").click()
+    expect(page.locator("#nickname-form [data-form-status]")).to_have_text("Nickname saved.")
+    page.reload()
+    expect(page.get_by_label("Nickname")).to_have_value("Patricia <i>")
+
+    form = page.locator("#password-form")
+    page.get_by_label("Current password").fill("not-it-123")
+    page.get_by_label("New password", exact=True).fill("brand-new-pass-7")
+    page.get_by_label("Repeat the new password").fill("brand-new-pass-7")
+    form.get_by_role("button", name="Change password").click()
+    expect(form.locator('[data-error-for="currentPassword"]')).to_have_text(
+        "Current password is wrong."
+    )
+    expect(page.get_by_label("Current password")).to_be_focused()
+    page.get_by_label("Current password").fill("correct-horse-9")
+    form.get_by_role("button", name="Change password").click()
+    expect(form.locator("[data-form-status]")).to_contain_text("Password changed")
+
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/login?signed_out=1")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill("brand-new-pass-7")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/generate")
