@@ -95,12 +95,14 @@ class PageRenderer:
         version: str,
         credits_per_second: dict[str, int] | None = None,
         *,
+        signup_credits: int = 100,
         cache: bool = True,
     ) -> None:
         self.environment = environment
         self.cache = cache
         self.version = version
         self.credits_per_second = credits_per_second or CREDITS_PER_SECOND
+        self.signup_credits = signup_credits
         self.choices = json.dumps(
             {
                 "models": list(MODELS),
@@ -108,6 +110,7 @@ class PageRenderer:
                 "sizes": list(SIZES),
                 "creditsPerSecond": self.credits_per_second,
                 "promptMaxChars": PROMPT_MAX_CHARS,
+                "signupCredits": signup_credits,
             }
         )
         self._rendered: dict[str, str] = {}
@@ -142,6 +145,7 @@ class PageRenderer:
             sizes=SIZES,
             prompt_max=PROMPT_MAX_CHARS,
             credits_per_second=self.credits_per_second,
+            signup_credits=self.signup_credits,
             **context,
         )
 
@@ -200,6 +204,7 @@ def add_pages(app: web.Application, settings: Settings) -> None:
         create_environment(),
         static_version(),
         dict(settings.video_prices),
+        signup_credits=settings.signup_credits,
         cache=not settings.is_development,
     )
     app[STATIC_FILES_KEY] = static_files()
