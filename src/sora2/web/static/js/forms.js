@@ -70,26 +70,11 @@ export function clearErrors(form) {
   for (const field of form.querySelectorAll("[aria-invalid]")) field.removeAttribute("aria-invalid");
 }
 
-function camelCase(name) {
-  return name.replace(/_([a-z])/g, (_, letter) => letter.toUpperCase());
-}
-
-/** Field name → message, from the api's error details, whatever list or map it used. */
+/** Field name → message, from the api's `details.fields` ([{field, message}]). */
 function fieldMessages(details) {
   const messages = {};
-  const add = (name, message) => {
-    if (name && message) messages[camelCase(String(name))] = String(message);
-  };
-  const fields = details.fields ?? details.errors ?? details.fieldErrors ?? null;
-  if (Array.isArray(fields)) {
-    for (const item of fields) {
-      const location = Array.isArray(item.loc) ? item.loc[item.loc.length - 1] : item.loc;
-      add(item.field ?? item.name ?? location, item.message ?? item.msg);
-    }
-  } else if (fields && typeof fields === "object") {
-    for (const [name, message] of Object.entries(fields)) add(name, Array.isArray(message) ? message[0] : message);
-  } else if (typeof details.field === "string") {
-    add(details.field, details.reason ?? details.message);
+  for (const item of Array.isArray(details.fields) ? details.fields : []) {
+    if (item?.field && item?.message) messages[String(item.field)] = String(item.message);
   }
   return messages;
 }

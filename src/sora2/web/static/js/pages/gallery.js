@@ -90,7 +90,7 @@ async function load() {
   clearTimeout(pollTimer);
   let result;
   try {
-    result = normalizePage(await api.get("videos", { page, limit: PAGE_SIZE, status: filter.value }), "videos");
+    result = normalizePage(await api.get("videos", { page, limit: PAGE_SIZE, status: filter.value }));
   } catch (error) {
     statusLine.textContent = error instanceof ApiError && error.outage ? "Waiting for the connection…" : error.message;
     return; // "sora:reconnected" loads again

@@ -70,7 +70,7 @@ function transactionRow(tx) {
 
 async function loadCredits() {
   text("[data-profile-balance]", credits(normalizeBalance(await api.get("credits/balance"))));
-  const result = normalizePage(await api.get("credits/transactions", { page: txPage, limit: PAGE_SIZE }), "transactions");
+  const result = normalizePage(await api.get("credits/transactions", { page: txPage, limit: PAGE_SIZE }));
   const rows = result.items.map(normalizeTransaction).map(transactionRow);
   if (rows.length === 0) {
     const row = document.createElement("tr");
