@@ -87,6 +87,10 @@ class Service:
         return self.workdir / f"{self.name}.out"
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
         with self.output.open("ab") as output:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _SERVE.format(name=self.name)],
@@ -96,6 +100,9 @@ class Service:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def wait_ready(self) -> None:
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + START_TIMEOUT
         while not answers_200(self.url + self.health_path):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -160,10 +167,15 @@ def start_stack(workdir: Path, **extra_env: str) -> Stack:
         env.pop(name, None)
     api = Service("api", api_port, "/api/health", env, workdir)
     web = Service("web", web_port, "/healthz", env, workdir)
-    api.start()
+    # Both at once: the web needs nothing from the api to start (its proxy learns the api's
+    # health as it goes), and the api's start-up is the slow part.
+    api.launch()
+    web.launch()
     try:
-        web.start()
+        api.wait_ready()
+        web.wait_ready()
     except AssertionError:
+        web.stop()
         api.stop()
         raise
     return Stack(api, web)
