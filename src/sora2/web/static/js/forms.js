@@ -113,36 +113,34 @@ export function showError(form, error) {
       form,
       `Not sent: ${error.message} What you typed is kept here; send it again once the connection is back.`,
     );
-  } else if (!placed || Object.keys(messages).length === 0) {
+  } else if (!placed) {
     showStatus(form, error.message);
   }
-  const invalid = form.querySelector("[aria-invalid=true]");
-  (invalid ?? form.querySelector("[data-form-status]:not([hidden])"))?.focus?.();
+  // The status is a live region and is announced by itself; a field in error takes the focus.
+  form.querySelector("[aria-invalid=true]")?.focus();
 }
 
 /**
  * While the api asks us to wait (429), keep the submit button disabled and count down in the
- * form's status: "… Try again in 42 s." The returned promise resolves when the wait is over.
+ * form's status: "… Try again in 42 s."
  */
 export function waitOut(form, seconds, lead) {
   const until = Date.now() + seconds * 1000;
   const buttons = [...form.querySelectorAll("button[type=submit]")];
-  return new Promise((resolve) => {
-    const tick = () => {
-      const left = Math.ceil((until - Date.now()) / 1000);
-      if (left <= 0) {
-        clearInterval(timer);
-        for (const button of buttons) button.disabled = false;
-        showStatus(form, `${lead} You can try again now.`, "info");
-        resolve();
-        return;
-      }
-      for (const button of buttons) button.disabled = true;
-      showStatus(form, `${lead} Try again in ${left} s.`);
-    };
-    const timer = setInterval(tick, 1000);
-    tick();
-  });
+  let timer = 0;
+  const tick = () => {
+    const left = Math.ceil((until - Date.now()) / 1000);
+    if (left <= 0) {
+      clearInterval(timer);
+      for (const button of buttons) button.disabled = false;
+      showStatus(form, `${lead} You can try again now.`, "info");
+      return;
+    }
+    for (const button of buttons) button.disabled = true;
+    showStatus(form, `${lead} Try again in ${left} s.`);
+  };
+  timer = setInterval(tick, 1000);
+  tick();
 }
 
 /** The common end of a failed submit: a rate limit counts down, anything else is shown. */
