@@ -61,7 +61,7 @@ def test_the_banner_explains_an_outage_and_leaves_when_the_api_returns(
     expect(writer.get_by_label("Prompt")).to_have_value(TYPED)
     # The watching tab notices its stream is gone and says so, banner included.
     expect(page.locator("#connection-banner")).to_be_visible()
-    expect(page.locator("[data-live-state]")).to_contain_text("reconnecting")
+    expect(page.locator("[data-live-state]")).to_contain_text(re.compile("reconnecting", re.I))
     screenshot(writer, "banner")
 
     # A page opened while the api is down: the banner at once, no bounce to the login page,
