@@ -312,30 +312,33 @@ def test_the_profile_saves_a_nickname_and_changes_the_password(page: Page, stack
 def test_the_gallery_pages_filters_and_updates_itself(page: Page, stack: Stack) -> None:
     register(page, email=unique_email("gal"), nickname="Gal")
     body = {"model": "sora-2", "seconds": 4, "size": "1280x720"}
+    # The oldest renders (first in the queue); twelve newer ones are cancelled at once.
+    running = page.request.post("/api/proxy/videos", data={**body, "prompt": "Still rendering"})
+    assert running.status == 202, running.text()
+    oldest = running.json()["id"]
     for number in range(12):
         made = page.request.post("/api/proxy/videos", data={**body, "prompt": f"Clip {number}"})
         assert made.status == 202, made.text()
         cancelled = page.request.post(f"/api/proxy/videos/{made.json()['id']}/cancel")
         assert cancelled.ok, cancelled.text()
-    running = page.request.post("/api/proxy/videos", data={**body, "prompt": "Still rendering"})
-    assert running.status == 202, running.text()
-    newest = running.json()["id"]
 
     page.goto("/gallery")
     expect(page.locator(".video-card")).to_have_count(12)
+    expect(page.locator(".video-card").first).to_contain_text("Clip 11")  # newest first
     expect(page.locator("[data-page-label]")).to_have_text("Page 1 of 2")
     expect(page.locator("[data-gallery-status]")).to_have_text("13 videos")
-    # The newest is first, and it turns Ready on its own: the page keeps itself up to date.
-    first_card = page.locator(".video-card").first
-    expect(first_card).to_have_attribute("data-video-id", newest)
-    expect(first_card.locator(".status-badge")).to_have_text("Ready", timeout=60_000)
-    expect(first_card.locator("img")).to_be_visible()
+    expect(page.get_by_role("button", name="Previous")).to_be_disabled()
 
     page.get_by_role("button", name="Next").click()
     expect(page).to_have_url(re.compile(r"/gallery\?page=2$"))
-    expect(page.locator(".video-card")).to_have_count(1)
     expect(page.locator("[data-page-label]")).to_have_text("Page 2 of 2")
     expect(page.get_by_role("button", name="Next")).to_be_disabled()
+    card = page.locator(".video-card")
+    expect(card).to_have_count(1)
+    expect(card).to_have_attribute("data-video-id", oldest)
+    # It turns Ready on its own, thumbnail and all: the page keeps itself up to date.
+    expect(card.locator(".status-badge")).to_have_text("Ready", timeout=60_000)
+    expect(card.locator("img")).to_be_visible()
 
     page.get_by_label("Show").select_option("completed")
     expect(page).to_have_url(re.compile(r"/gallery\?status=completed$"))
