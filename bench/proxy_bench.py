@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench import _nginx, _noise
 from bench._backend import SMALL_JSON
+from bench._instructions import callgrind_available, count_instructions, instructions_section
 from bench._processes import Server, free_port, http_get
 from bench._profile import profile_section, record_profile
 from bench._wrk import Wrk, WrkResult
@@ -53,10 +54,28 @@ class Plan:
     warmup_seconds: int
     download_bytes: int
     failfast_seconds: int
+    callgrind_warmup: int
+    callgrind_requests: int
 
 
-FULL = Plan(seconds=3, rounds=5, warmup_seconds=2, download_bytes=256 * MIB, failfast_seconds=2)
-QUICK = Plan(seconds=1, rounds=1, warmup_seconds=1, download_bytes=32 * MIB, failfast_seconds=1)
+FULL = Plan(
+    seconds=3,
+    rounds=5,
+    warmup_seconds=2,
+    download_bytes=256 * MIB,
+    failfast_seconds=2,
+    callgrind_warmup=100,
+    callgrind_requests=300,
+)
+QUICK = Plan(
+    seconds=1,
+    rounds=1,
+    warmup_seconds=1,
+    download_bytes=32 * MIB,
+    failfast_seconds=1,
+    callgrind_warmup=20,
+    callgrind_requests=50,
+)
 
 
 @dataclass
@@ -162,13 +181,7 @@ def build_servers(workdir: Path) -> tuple[Server, list[Target]]:
         env=CHILD_PYTHON_ENV,
     )
     ports = {name: free_port() for name in (OURS, NGINX, FASTAPI, BARE)}
-    ours = Server(
-        OURS,
-        python_module("sora2", "serve", "web"),
-        cpu=SERVER_CPU,
-        log_path=workdir / "sora2-web.console.log",
-        env=production_web_env(workdir, ports[OURS], backend_url),
-    )
+    ours = sora2_server(workdir, ports[OURS], backend_url)
     nginx_config = _nginx.write_config(workdir / "nginx", ports[NGINX], f"127.0.0.1:{backend_port}")
     nginx = Server(NGINX, _nginx.command(nginx_config), SERVER_CPU, workdir / "nginx.console.log")
     fastapi = Server(
@@ -180,19 +193,33 @@ def build_servers(workdir: Path) -> tuple[Server, list[Target]]:
         log_path=workdir / "fastapi-httpx.log",
         env=CHILD_PYTHON_ENV,
     )
-    bare = Server(
-        BARE,
-        python_module("bench._passthrough", "--port", str(ports[BARE]), "--upstream", backend_url),
-        cpu=SERVER_CPU,
-        log_path=workdir / "passthrough.log",
-        env=CHILD_PYTHON_ENV,
-    )
+    bare = bare_server(workdir, ports[BARE], backend_url)
     targets = [Target(DIRECT, backend, f"{backend_url}/api/")]
     targets += [
         Target(server.name, server, f"http://127.0.0.1:{ports[server.name]}/api/proxy/")
         for server in (ours, nginx, fastapi, bare)
     ]
     return backend, targets
+
+
+def sora2_server(workdir: Path, port: int, backend_url: str) -> Server:
+    return Server(
+        OURS,
+        python_module("sora2", "serve", "web"),
+        cpu=SERVER_CPU,
+        log_path=workdir / f"sora2-web-{port}.console.log",
+        env=production_web_env(workdir, port, backend_url),
+    )
+
+
+def bare_server(workdir: Path, port: int, backend_url: str) -> Server:
+    return Server(
+        BARE,
+        python_module("bench._passthrough", "--port", str(port), "--upstream", backend_url),
+        cpu=SERVER_CPU,
+        log_path=workdir / f"passthrough-{port}.log",
+        env=CHILD_PYTHON_ENV,
+    )
 
 
 def production_web_env(workdir: Path, port: int, backend_url: str) -> dict[str, str]:
@@ -304,15 +331,8 @@ def run_all(workdir: Path, plan: Plan, profile: bool) -> tuple[list[Target], str
             with placed(backend, target):
                 measure_download(target, plan)
         if profile:
-            ours = next(target for target in proxies if target.name == OURS)
-            progress("profiling sora2 proxy with py-spy")
-            samples = record_profile(
-                ours.server.pid,
-                lambda: wrk.run(ours.small_url, 64, plan.seconds).requests,
-                RESULTS_DIR,
-                LOAD_CPU,
-            )
-            profile_markdown = profile_section(samples)
+            backend_url = targets[0].base_url.removesuffix("/api/")
+            profile_markdown = profile_proxy(wrk, workdir, backend_url, proxies, plan)
         backend.stop()
         for target in proxies:
             target.result.failfast_status = open_circuit(target)
@@ -321,6 +341,42 @@ def run_all(workdir: Path, plan: Plan, profile: bool) -> tuple[list[Target], str
             for target in proxies:
                 measure_failfast(wrk, target, plan)
     return targets, profile_markdown
+
+
+def profile_proxy(
+    wrk: Wrk, workdir: Path, backend_url: str, proxies: list[Target], plan: Plan
+) -> str:
+    """py-spy on our proxy under load, then instructions per request for ours and the floor."""
+    ours = next(target for target in proxies if target.name == OURS)
+    progress("profiling sora2 proxy with py-spy")
+    samples = record_profile(
+        ours.server.pid,
+        lambda: wrk.run(ours.small_url, 64, plan.seconds).requests,
+        RESULTS_DIR,
+        LOAD_CPU,
+    )
+    sections = [profile_section(samples)]
+    if not callgrind_available():
+        sections.append(
+            "Instructions per request: valgrind is not installed (apt install valgrind)."
+        )
+        return "\n".join(sections)
+    counts = []
+    for make_server in (sora2_server, bare_server):
+        port = free_port()
+        server = make_server(workdir, port, backend_url)
+        progress(f"counting instructions of {server.name} under callgrind")
+        counts.append(
+            count_instructions(
+                server,
+                port,
+                "/api/proxy/bench/small",
+                plan.callgrind_warmup,
+                plan.callgrind_requests,
+            )
+        )
+    sections.append(instructions_section(counts))
+    return "\n".join(sections)
 
 
 def progress(message: str) -> None:
