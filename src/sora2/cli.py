@@ -10,8 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TypeAlias
 
 from sora2.settings import Settings, SettingsError, load_settings
+
+# What each domain's `register(commands)` receives (a string: argparse's class is not generic at
+# runtime on Python 3.11).
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 class CommandExit(Exception):
@@ -40,19 +45,37 @@ def _serve(args: argparse.Namespace) -> int:
         from sora2.web.server import serve as serve_web
 
         serve_web(settings)
+    elif args.service == "worker":
+        from sora2.api.cli import serve_worker
+
+        return serve_worker(args)
     return 0
 
 
-def _register_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _register_serve(commands: Commands) -> None:
     serve = commands.add_parser("serve", help="run one service in the foreground")
-    serve.add_argument("service", choices=["api", "web"])
+    serve.add_argument("service", choices=["api", "web", "worker"])
     serve.set_defaults(handler=_serve)
+
+
+def _register_api(commands: Commands) -> None:
+    from sora2.api.cli import register
+
+    register(commands)
+
+
+def _register_devstack(commands: Commands) -> None:
+    from sora2.devstack.cli import register
+
+    register(commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sora2", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_serve(commands)
+    _register_api(commands)
+    _register_devstack(commands)
     return parser
 
 

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     proxy_health_check_ttl_ms: int = Field(
         5_000, ge=50, le=600_000, validation_alias=_aliases("PROXY_HEALTH_CHECK_TTL_MS")
     )
+    proxy_startup_grace_ms: int = Field(
+        10_000, ge=0, le=600_000, validation_alias=_aliases("PROXY_STARTUP_GRACE_MS")
+    )
     proxy_max_body_bytes: int = Field(
         52_428_800, ge=0, validation_alias=_aliases("PROXY_MAX_BODY_BYTES")
     )
@@ -104,6 +107,10 @@ class Settings(BaseSettings):
     )
     openai_base_url: str = Field(
         "https://api.openai.com/v1", validation_alias=_aliases("OPENAI_BASE_URL")
+    )
+    # The openai provider: how long one upstream call may stay silent before it counts as transient.
+    openai_timeout_ms: int = Field(
+        60_000, ge=100, le=3_600_000, validation_alias=_aliases("OPENAI_TIMEOUT_MS")
     )
 
     @field_validator("app_env", mode="before")
@@ -153,6 +160,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _openai_needs_a_key(self) -> Settings:
+        if self.video_provider == "openai" and not self.openai_api_keys:
+            raise ValueError(
+                "VIDEO_PROVIDER=openai needs at least one key: set OPENAI_API_KEYS "
+                "(comma-separated) or OPENAI_API_KEY, or use VIDEO_PROVIDER=local"
+            )
+        return self
+
     @property
     def is_development(self) -> bool:
         return self.app_env == "development"
@@ -197,6 +213,86 @@ class Settings(BaseSettings):
         path.write_text(secret)
         path.chmod(0o600)
         return secret
+
+    # --- api: accounts, credits, jobs (owned by the api; see docs/configuration.md "API") ---
+    api_embedded_worker: bool | None = Field(None, validation_alias=_aliases("API_EMBEDDED_WORKER"))
+    signup_credits: int = Field(
+        100, ge=0, le=1_000_000, validation_alias=_aliases("SIGNUP_CREDITS")
+    )
+    video_prices: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=lambda: {"sora-2": 1, "sora-2-pro": 3},
+        validation_alias=_aliases("VIDEO_PRICES"),
+    )
+    access_token_ttl_seconds: int = Field(
+        900, ge=10, le=86_400, validation_alias=_aliases("ACCESS_TOKEN_TTL_SECONDS")
+    )
+    refresh_token_ttl_days: int = Field(
+        30, ge=1, le=365, validation_alias=_aliases("REFRESH_TOKEN_TTL_DAYS")
+    )
+    password_hash_memory_kib: int = Field(
+        65_536, ge=1_024, le=1_048_576, validation_alias=_aliases("PASSWORD_HASH_MEMORY_KIB")
+    )
+    rate_limit_window_seconds: int = Field(
+        900, ge=1, le=86_400, validation_alias=_aliases("RATE_LIMIT_WINDOW_SECONDS")
+    )
+    login_limit_per_ip: int = Field(30, ge=1, validation_alias=_aliases("LOGIN_LIMIT_PER_IP"))
+    login_limit_per_account: int = Field(
+        10, ge=1, validation_alias=_aliases("LOGIN_LIMIT_PER_ACCOUNT")
+    )
+    register_limit_per_ip: int = Field(10, ge=1, validation_alias=_aliases("REGISTER_LIMIT_PER_IP"))
+    worker_concurrency: int = Field(2, ge=1, le=64, validation_alias=_aliases("WORKER_CONCURRENCY"))
+    worker_lease_seconds: float = Field(
+        30.0, ge=0.5, le=3_600, validation_alias=_aliases("WORKER_LEASE_SECONDS")
+    )
+    worker_idle_poll_ms: int = Field(
+        500, ge=10, le=60_000, validation_alias=_aliases("WORKER_IDLE_POLL_MS")
+    )
+    worker_provider_poll_ms: int = Field(
+        1_000, ge=10, le=60_000, validation_alias=_aliases("WORKER_PROVIDER_POLL_MS")
+    )
+    job_max_attempts: int = Field(5, ge=1, le=100, validation_alias=_aliases("JOB_MAX_ATTEMPTS"))
+    job_retry_base_ms: int = Field(
+        2_000, ge=1, le=3_600_000, validation_alias=_aliases("JOB_RETRY_BASE_MS")
+    )
+    job_retry_max_ms: int = Field(
+        120_000, ge=1, le=86_400_000, validation_alias=_aliases("JOB_RETRY_MAX_MS")
+    )
+    sse_poll_interval_ms: int = Field(
+        1_000, ge=10, le=60_000, validation_alias=_aliases("SSE_POLL_INTERVAL_MS")
+    )
+
+    @field_validator("video_prices", mode="before")
+    @classmethod
+    def _price_table(cls, value: object) -> object:
+        """`sora-2=1,sora-2-pro=3`: credits per second of video, by model."""
+        if not isinstance(value, str):
+            return value
+        table: dict[str, object] = {}
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            model, sep, price = item.strip().partition("=")
+            if not sep:
+                raise ValueError(f"{item!r} must look like model=credits_per_second (sora-2=1)")
+            table[model.strip()] = price.strip()
+        return table
+
+    @field_validator("video_prices")
+    @classmethod
+    def _prices_cover_models(cls, value: dict[str, int]) -> dict[str, int]:
+        missing = {"sora-2", "sora-2-pro"} - value.keys()
+        if missing:
+            raise ValueError(f"needs a price for {', '.join(sorted(missing))}")
+        if any(price < 0 for price in value.values()):
+            raise ValueError("prices cannot be negative")
+        return value
+
+    @property
+    def runs_embedded_worker(self) -> bool:
+        """`API_EMBEDDED_WORKER`, or by default: the api runs a worker itself in development."""
+        if self.api_embedded_worker is None:
+            return self.is_development
+        return self.api_embedded_worker
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -339,3 +339,23 @@ async def test_get_sent_while_the_backend_is_starting_succeeds_once_it_is_up(
         response.release()
     finally:
         await backend.stop()
+
+
+async def test_backend_that_never_starts_is_reported_after_the_startup_grace(
+    make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    port = free_port()
+    proxy = await make_proxy(f"http://127.0.0.1:{port}", request_timeout=20.0, startup_grace=0.5)
+    sent = time.monotonic()
+    async with client.get(proxy.url + "/echo/early") as response:
+        waited = time.monotonic() - sent
+        body = await response.json()
+    # It waited for a possible start, but not for the whole 20 s deadline.
+    assert response.status == 503
+    assert body["error"] == "Backend API Connection Refused"
+    assert waited < 5.0
+    # Once the grace is over, a backend that never came up is down: no more waiting.
+    sent = time.monotonic()
+    async with client.get(proxy.url + "/echo/later") as response:
+        assert response.status == 503
+    assert time.monotonic() - sent < 1.0

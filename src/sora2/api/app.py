@@ -1,46 +1,103 @@
-"""The api's FastAPI application: routes, OpenAPI docs at `/api-docs`, health."""
+"""The api's FastAPI application: routes, OpenAPI docs at `/api-docs`, health, metrics.
+
+`create_app(settings)` builds everything from settings; tests may hand in a provider (a fake of
+the external video service). At start the schema is migrated (development, test) or checked
+(production refuses to start with pending migrations), and the embedded worker starts when
+`API_EMBEDDED_WORKER` (default: on in development) says so.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from sora2 import __version__
+from sora2.api.admin.routes import router as admin_router
+from sora2.api.auth.routes import router as auth_router
+from sora2.api.context import ApiContext
+from sora2.api.credits.routes import router as credits_router
+from sora2.api.db.migrate import prepare_schema
+from sora2.api.errors import install_error_handlers
+from sora2.api.health.routes import router as health_router
+from sora2.api.middleware import RequestContextMiddleware
+from sora2.api.providers.base import VideoProvider
+from sora2.api.users.routes import router as users_router
+from sora2.api.videos.routes import router as videos_router
 from sora2.settings import Settings
 
+logger = logging.getLogger("sora2.api")
 
-def create_app(settings: Settings) -> FastAPI:
+
+def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> FastAPI:
+    context = ApiContext.build(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await prepare_schema(context.database, apply=not settings.is_production)
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(context.database.dispose)
+            context.provider = provider or _provider_from_settings(settings)
+            if provider is None:
+                stack.push_async_callback(context.provider.close)
+            if settings.runs_embedded_worker:
+                from sora2.api.jobs.worker import Worker
+
+                worker = Worker(
+                    settings=settings,
+                    database=context.database,
+                    storage=context.storage,
+                    provider=context.provider,
+                    metrics=context.metrics,
+                    events=context.events,
+                )
+                await stack.enter_async_context(worker.running())
+                logger.info("embedded worker started")
+            yield
+
     app = FastAPI(
         title="Sora2 API",
         version=__version__,
+        description="Accounts, credits and text-to-video generation. Errors share one JSON shape.",
         docs_url="/api-docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        lifespan=lifespan,
     )
-    app.state.settings = settings
+    app.state.context = context
+    install_error_handlers(app, show_internals=settings.is_development)
+    for router in (
+        health_router,
+        auth_router,
+        users_router,
+        credits_router,
+        videos_router,
+        admin_router,
+    ):
+        app.include_router(router)
 
     @app.get("/api-docs.json", include_in_schema=False)
     async def openapi_document() -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    @app.get("/api/health", tags=["health"])
-    async def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "timestamp": datetime.now(UTC).isoformat(),
-            "version": __version__,
-            "checks": {},
-        }
-
-    @app.get("/api/health/live", tags=["health"])
-    async def live() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/api/health/ready", tags=["health"])
-    async def ready() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=[settings.frontend_origin],
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Range"],
+        expose_headers=["X-Request-ID", "Retry-After", "Content-Range", "Content-Disposition"],
+        max_age=600,
+    )
+    app.add_middleware(RequestContextMiddleware, metrics=context.metrics)
     return app
+
+
+def _provider_from_settings(settings: Settings) -> VideoProvider:
+    from sora2.api.providers.factory import create_provider
+
+    return create_provider(settings)

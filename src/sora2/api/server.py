@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import uvicorn
 
 from sora2.api.app import create_app
@@ -13,8 +15,29 @@ from sora2.settings import Settings
 KEEP_ALIVE_SECONDS = 75
 
 
+def _refuse_pending_migrations(settings: Settings) -> None:
+    """Production never migrates on its own: say which command does, before binding the port."""
+    from sora2.api.db import Database
+    from sora2.api.db.migrate import PendingMigrations, prepare_schema
+    from sora2.cli import CommandExit
+
+    async def check() -> None:
+        database = Database(settings.resolved_database_url)
+        try:
+            await prepare_schema(database, apply=False)
+        finally:
+            await database.dispose()
+
+    try:
+        asyncio.run(check())
+    except PendingMigrations as error:
+        raise CommandExit(f"refusing to start: {error}", 1) from None
+
+
 def serve(settings: Settings) -> None:
     configure_logging("api", level=settings.log_level, log_dir=settings.log_dir)
+    if settings.is_production:
+        _refuse_pending_migrations(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

@@ -25,6 +25,10 @@ class ProxyConfig:
     connect_timeout: float = 1.0
     idle_timeout: float = 30.0
     health_ttl: float = 5.0
+    startup_grace: float = 10.0
+    """Seconds after the proxy starts during which a backend it has never seen up is taken to be
+    starting: GETs that meet a refused connection wait for it (within their deadline). After
+    that, a backend that never came up is simply down, and requests fail at once."""
     max_body_bytes: int = 52_428_800
     circuit_failure_threshold: int = 5
     circuit_open_time: float = 0.5
@@ -59,6 +63,7 @@ class ProxyConfig:
             connect_timeout=settings.proxy_connect_timeout_ms / 1000,
             idle_timeout=settings.proxy_idle_timeout_ms / 1000,
             health_ttl=settings.proxy_health_check_ttl_ms / 1000,
+            startup_grace=settings.proxy_startup_grace_ms / 1000,
             max_body_bytes=settings.proxy_max_body_bytes,
             circuit_failure_threshold=settings.proxy_circuit_failure_threshold,
             circuit_open_time=settings.proxy_circuit_open_ms / 1000,

@@ -118,10 +118,12 @@ class Proxy:
         self._upstream_base = config.api_url + config.upstream_prefix
         self._session: aiohttp.ClientSession | None = None
         self._health: HealthMonitor | None = None
+        self._startup_ends = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._startup_ends = asyncio.get_running_loop().time() + self.config.startup_grace
         reuse = self.config.keepalive_timeout > 0
         connector = aiohttp.TCPConnector(
             limit=self.config.pool_size,
@@ -399,7 +401,7 @@ class Proxy:
             return None
         if error.failure is Failure.TIMEOUT and not nothing_sent:
             return None  # the deadline is spent
-        if nothing_sent and exchange.idempotent and not self.health.ever_up:
+        if nothing_sent and exchange.idempotent and self._backend_may_be_starting():
             return _UNTIL_UP
         if exchange.attempts >= self.config.max_attempts or not self._claim_retry_budget(exchange):
             return None
@@ -417,6 +419,12 @@ class Proxy:
         retry_after = parse_retry_after(upstream.headers.get("Retry-After"))
         return delay if retry_after is None else max(delay, retry_after)
 
+    def _backend_may_be_starting(self) -> bool:
+        """Never seen up, and the proxy itself only just started (as under `sora2 dev`)."""
+        if self.health.ever_up:
+            return False
+        return asyncio.get_running_loop().time() < self._startup_ends
+
     def _claim_retry_budget(self, exchange: _Exchange) -> bool:
         """One budget slot per retrying request, held until it finishes."""
         if exchange.holds_retry_budget:
@@ -433,7 +441,7 @@ class Proxy:
         remaining = exchange.deadline - loop.time()
         if wait == _UNTIL_UP:
             exchange.waiting_for_start = error
-            up = await self.health.wait_until_up(remaining)
+            up = await self.health.wait_until_up(min(remaining, self._startup_ends - loop.time()))
             exchange.waiting_for_start = None
             return up
         if wait >= remaining:

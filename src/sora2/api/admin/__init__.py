@@ -1,0 +1,1 @@
+"""Administrator routes: find users, adjust credits, suspend accounts."""

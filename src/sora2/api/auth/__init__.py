@@ -1,0 +1,1 @@
+"""Sign-up, sign-in, sessions (rotating refresh tokens) and who is calling."""

@@ -1,0 +1,89 @@
+"""Password hashing (Argon2id), access tokens (JWT) and refresh tokens (random, stored hashed)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import jwt
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from sora2.api.db.base import utcnow
+
+ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a token kind, not a secret
+JWT_ALGORITHM = "HS256"
+
+
+class Passwords:
+    """Argon2id hashing off the event loop, and a decoy hash so unknown emails cost the same."""
+
+    def __init__(self, *, memory_kib: int) -> None:
+        self._hasher = PasswordHash((Argon2Hasher(memory_cost=memory_kib, parallelism=1),))
+        self._decoy = self._hasher.hash(secrets.token_urlsafe(16))
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def verify(self, password: str, password_hash: str | None) -> bool:
+        """Checks `password`; with no hash (unknown account) checks a decoy and says no."""
+        target = password_hash if password_hash is not None else self._decoy
+        ok = await asyncio.to_thread(self._hasher.verify, password, target)
+        return ok and password_hash is not None
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    user_id: str
+    session_id: str
+    token_id: str
+
+
+class AccessTokens:
+    def __init__(self, *, secret: str, ttl_seconds: int) -> None:
+        self._secret = secret
+        self.ttl_seconds = ttl_seconds
+
+    def issue(self, *, user_id: str, session_id: str) -> str:
+        now = utcnow()
+        claims = {
+            "sub": user_id,
+            "sid": session_id,
+            "jti": uuid.uuid4().hex,
+            "typ": ACCESS_TOKEN_TYPE,
+            "iat": now,
+            "exp": now + timedelta(seconds=self.ttl_seconds),
+        }
+        return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
+
+    def read(self, token: str) -> AccessClaims | None:
+        """The claims of a valid, unexpired access token; None for anything else."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[JWT_ALGORITHM],
+                options={"require": ["sub", "sid", "jti", "exp"]},
+            )
+        except jwt.PyJWTError:
+            return None
+        if claims.get("typ") != ACCESS_TOKEN_TYPE:
+            return None
+        return AccessClaims(str(claims["sub"]), str(claims["sid"]), str(claims["jti"]))
+
+
+def new_refresh_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_refresh_token(token: str) -> str:
+    """Refresh tokens are high-entropy random strings: a plain SHA-256 is enough to store them."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def refresh_expiry(days: int) -> datetime:
+    return utcnow() + timedelta(days=days)

@@ -1,0 +1,170 @@
+"""The api's commands: `sora2 db upgrade|check`, `sora2 user create`, and the worker process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from sora2.cli import CommandExit, Commands, settings_or_exit
+
+T = TypeVar("T")
+
+
+def register(commands: Commands) -> None:
+    db = commands.add_parser("db", help="database migrations")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands.add_parser("upgrade", help="apply pending migrations").set_defaults(
+        handler=_db_upgrade
+    )
+    check = db_commands.add_parser("check", help="exit 1 when migrations are pending")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.set_defaults(handler=_db_check)
+
+    user = commands.add_parser("user", help="manage accounts")
+    user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    create = user_commands.add_parser("create", help="create an account (e.g. the first admin)")
+    create.add_argument("--email", required=True)
+    create.add_argument("--password", required=True)
+    create.add_argument("--nickname", required=True)
+    create.add_argument("--admin", action="store_true", help="give the account the admin role")
+    create.set_defaults(handler=_user_create)
+
+
+def serve_worker(_args: argparse.Namespace) -> int:
+    """`sora2 serve worker`: one worker process (several may share a PostgreSQL database)."""
+    from sora2.api.db.migrate import PendingMigrations
+    from sora2.api.jobs.worker import run_worker_process
+    from sora2.logs import configure_logging
+
+    settings = settings_or_exit()
+    configure_logging("worker", level=settings.log_level, log_dir=settings.log_dir)
+    try:
+        asyncio.run(run_worker_process(settings))
+    except PendingMigrations as error:
+        raise CommandExit(str(error), 1) from None
+    return 0
+
+
+def _db_upgrade(_args: argparse.Namespace) -> int:
+    from sora2.api.db import Database
+    from sora2.api.db.migrate import pending_migrations, upgrade
+
+    settings = settings_or_exit()
+
+    async def run() -> list[str]:
+        database = Database(settings.resolved_database_url)
+        try:
+            pending = await pending_migrations(database)
+            await upgrade(database)
+            return pending
+        finally:
+            await database.dispose()
+
+    applied = _run_db(run)
+    print(
+        f"applied {len(applied)} migration(s)"
+        + (f": {', '.join(applied)}" if applied else "; up to date")
+    )
+    return 0
+
+
+def _db_check(args: argparse.Namespace) -> int:
+    from sora2.api.db import Database
+    from sora2.api.db.migrate import UPGRADE_COMMAND, pending_migrations
+
+    settings = settings_or_exit()
+
+    async def run() -> list[str]:
+        database = Database(settings.resolved_database_url)
+        try:
+            return await pending_migrations(database)
+        finally:
+            await database.dispose()
+
+    pending = _run_db(run)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "upToDate": not pending,
+                    "pending": pending,
+                    "fix": UPGRADE_COMMAND if pending else None,
+                }
+            )
+        )
+    elif pending:
+        print(f"{len(pending)} pending migration(s): {', '.join(pending)}; run `{UPGRADE_COMMAND}`")
+    else:
+        print("database schema is up to date")
+    return 1 if pending else 0
+
+
+def _user_create(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from sora2.api.auth.schemas import RegisterIn
+    from sora2.api.auth.security import Passwords
+    from sora2.api.auth.service import create_user
+    from sora2.api.db import Database
+    from sora2.api.db.migrate import prepare_schema
+    from sora2.api.errors import ApiError
+
+    settings = settings_or_exit()
+    try:
+        body = RegisterIn(email=args.email, password=args.password, nickname=args.nickname)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"--{e['loc'][0]}: {str(e['msg']).removeprefix('Value error, ')}"
+            for e in error.errors()
+        )
+        raise CommandExit(problems) from None
+
+    async def run() -> str:
+        database = Database(settings.resolved_database_url)
+        try:
+            await prepare_schema(database, apply=not settings.is_production)
+            async with database.session() as session:
+                user = await create_user(
+                    session,
+                    passwords=Passwords(memory_kib=settings.password_hash_memory_kib),
+                    email=body.email,
+                    password=body.password,
+                    nickname=body.nickname,
+                    signup_credits=settings.signup_credits,
+                    role="admin" if args.admin else "user",
+                )
+                await session.commit()
+                return user.id
+        finally:
+            await database.dispose()
+
+    try:
+        user_id = _run_db(run)
+    except ApiError as error:
+        raise CommandExit(error.message, 1) from None
+    print(f"created {'admin' if args.admin else 'user'} {body.email} (id {user_id})")
+    return 0
+
+
+def _run_db(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Runs database work, turning an unreachable database into a message naming the URL's host."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    try:
+        return asyncio.run(work())
+    except (OSError, OperationalError, DBAPIError) as error:
+        settings = settings_or_exit()
+        url = make_url(settings.resolved_database_url)
+        where = (
+            url.database if url.get_backend_name() == "sqlite" else f"{url.host}:{url.port or 5432}"
+        )
+        raise CommandExit(
+            f"cannot use the database ({url.get_backend_name()} at {where}): "
+            f"{type(error).__name__}; "
+            "check DATABASE_URL and that the server is running",
+            1,
+        ) from None

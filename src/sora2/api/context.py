@@ -1,0 +1,48 @@
+"""Everything a request handler needs that lives as long as the app: built once at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sora2.api.auth.client_ip import ClientAddress
+from sora2.api.auth.ratelimit import RateLimiter
+from sora2.api.auth.security import AccessTokens, Passwords
+from sora2.api.db import Database
+from sora2.api.events import VideoEvents
+from sora2.api.metrics import ApiMetrics
+from sora2.api.providers.base import VideoProvider
+from sora2.api.storage import LocalStorage, Storage
+from sora2.settings import Settings
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    database: Database
+    passwords: Passwords
+    tokens: AccessTokens
+    limiter: RateLimiter
+    client_address: ClientAddress
+    storage: Storage
+    events: VideoEvents = field(default_factory=VideoEvents)
+    metrics: ApiMetrics = field(default_factory=ApiMetrics)
+    provider: VideoProvider | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, *, database: Database | None = None) -> ApiContext:
+        return cls(
+            settings=settings,
+            database=database or Database(settings.resolved_database_url),
+            passwords=Passwords(memory_kib=settings.password_hash_memory_kib),
+            tokens=AccessTokens(
+                secret=settings.resolved_jwt_secret(),
+                ttl_seconds=settings.access_token_ttl_seconds,
+            ),
+            limiter=RateLimiter(window_seconds=settings.rate_limit_window_seconds),
+            client_address=ClientAddress(settings.proxy_trusted_proxies),
+            storage=media_storage(settings),
+        )
+
+
+def media_storage(settings: Settings) -> LocalStorage:
+    return LocalStorage(settings.data_dir / "media")

@@ -1,0 +1,112 @@
+"""Balance changes: one conditional UPDATE plus one ledger row, inside the caller's transaction.
+
+The UPDATE only matches when the balance stays ≥ 0, so concurrent charges can never overdraw
+(the CHECK constraint is the last line of defence); the caller commits both writes together.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sora2.api.credits.models import CreditTransaction
+from sora2.api.errors import ApiError
+from sora2.api.users.models import User
+
+
+async def apply_change(
+    session: AsyncSession,
+    *,
+    user_id: str,
+    amount: int,
+    kind: str,
+    description: str,
+    video_id: str | None = None,
+) -> int | None:
+    """Adds `amount` (negative to charge); the new balance, or None if it would go below zero."""
+    balance = (
+        await session.execute(
+            update(User)
+            .where(User.id == user_id, User.credits + amount >= 0)
+            .values(credits=User.credits + amount)
+            .returning(User.credits)
+            .execution_options(synchronize_session=False)
+        )
+    ).scalar_one_or_none()
+    if balance is None:
+        return None
+    session.add(
+        CreditTransaction(
+            user_id=user_id,
+            amount=amount,
+            balance_after=balance,
+            type=kind,
+            video_id=video_id,
+            description=description,
+        )
+    )
+    await session.flush()
+    return balance
+
+
+async def charge(
+    session: AsyncSession, *, user_id: str, cost: int, video_id: str, description: str
+) -> int:
+    """Takes `cost` credits or raises 402 naming the balance and the cost."""
+    balance = await apply_change(
+        session,
+        user_id=user_id,
+        amount=-cost,
+        kind="consume",
+        description=description,
+        video_id=video_id,
+    )
+    if balance is None:
+        current = await get_balance(session, user_id=user_id)
+        raise ApiError(
+            402,
+            "Insufficient Credits",
+            f"This video costs {cost} credits and your balance is {current}.",
+            details={"balance": current, "cost": cost},
+        )
+    return balance
+
+
+async def refund(
+    session: AsyncSession, *, user_id: str, amount: int, video_id: str, why: str
+) -> None:
+    if amount > 0:
+        await apply_change(
+            session,
+            user_id=user_id,
+            amount=amount,
+            kind="refund",
+            description=why,
+            video_id=video_id,
+        )
+
+
+async def get_balance(session: AsyncSession, *, user_id: str) -> int:
+    return int((await session.execute(select(User.credits).where(User.id == user_id))).scalar_one())
+
+
+async def list_transactions(
+    session: AsyncSession, *, user_id: str, page: int, limit: int
+) -> tuple[list[CreditTransaction], int]:
+    total = (
+        await session.execute(
+            select(func.count())
+            .select_from(CreditTransaction)
+            .where(CreditTransaction.user_id == user_id)
+        )
+    ).scalar_one()
+    rows = (
+        await session.execute(
+            select(CreditTransaction)
+            .where(CreditTransaction.user_id == user_id)
+            .order_by(CreditTransaction.id.desc())
+            .offset((page - 1) * limit)
+            .limit(limit)
+        )
+    ).scalars()
+    return list(rows), int(total)

@@ -1,0 +1,1 @@
+"""Is the api fit to serve: database, worker heartbeat, provider state; and `/metrics`."""

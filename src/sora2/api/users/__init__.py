@@ -1,0 +1,1 @@
+"""People with accounts: profile, role, status and their credit balance."""

@@ -1,0 +1,1 @@
+"""Videos: create (charged), list, watch progress, cancel (refunded), download."""

@@ -1,0 +1,231 @@
+"""`/api/videos`: create (202, charged), list, get, delete, cancel, regenerate, events, files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import FileResponse, StreamingResponse
+
+from sora2.api.context import ApiContext
+from sora2.api.deps import Context, CurrentUser, SessionDep
+from sora2.api.errors import ERROR_RESPONSES, ApiError
+from sora2.api.schemas import PageNumber, PageSize
+from sora2.api.videos import service
+from sora2.api.videos.models import FINAL_STATUSES, Video
+from sora2.api.videos.schemas import VideoCreate, VideoCreated, VideoOut, VideoPage, VideoStatus
+
+router = APIRouter(prefix="/api/videos", tags=["videos"], responses=ERROR_RESPONSES)
+
+PAYMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    402: ERROR_RESPONSES[400] | {"description": "Not enough credits"}
+}
+STATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: ERROR_RESPONSES[400] | {"description": "Not possible in this state"}
+}
+SSE_KEEPALIVE_SECONDS = 15.0
+
+
+async def _create(
+    context: ApiContext, session: SessionDep, user_id: str, body: VideoCreate
+) -> VideoCreated:
+    video, balance = await service.create(
+        session,
+        settings=context.settings,
+        user_id=user_id,
+        prompt=body.prompt,
+        model=body.model,
+        seconds=body.seconds,
+        size=body.size,
+    )
+    return VideoCreated.model_validate(
+        {**VideoOut.model_validate(video).model_dump(), "balance": balance}
+    )
+
+
+@router.post("", response_model=VideoCreated, status_code=202, responses=PAYMENT_RESPONSES)
+async def create_video(
+    body: VideoCreate, user: CurrentUser, context: Context, session: SessionDep
+) -> VideoCreated:
+    """Queue a video: its cost is charged now, refunded on failure."""
+    return await _create(context, session, user.id, body)
+
+
+@router.get("", response_model=VideoPage)
+async def list_videos(
+    user: CurrentUser,
+    session: SessionDep,
+    status: Annotated[VideoStatus | None, Query(description="only videos in this state")] = None,
+    page: PageNumber = 1,
+    limit: PageSize = 20,
+) -> VideoPage:
+    """Your videos, newest first."""
+    rows, total = await service.list_own(
+        session, user_id=user.id, status=status, page=page, limit=limit
+    )
+    return VideoPage(
+        items=[VideoOut.model_validate(v) for v in rows], page=page, limit=limit, total=total
+    )
+
+
+@router.get("/{video_id}", response_model=VideoOut)
+async def get_video(video_id: str, user: CurrentUser, session: SessionDep) -> VideoOut:
+    return VideoOut.model_validate(
+        await service.get_own(session, user_id=user.id, video_id=video_id)
+    )
+
+
+@router.delete("/{video_id}", status_code=204, response_class=Response)
+async def delete_video(
+    video_id: str, user: CurrentUser, context: Context, session: SessionDep
+) -> Response:
+    """Delete a video and its files (one still in the works is cancelled and refunded first)."""
+    await service.delete(session, storage=context.storage, user_id=user.id, video_id=video_id)
+    context.events.notify(video_id)
+    return Response(status_code=204)
+
+
+@router.post("/{video_id}/cancel", response_model=VideoOut, responses=STATE_RESPONSES)
+async def cancel_video(
+    video_id: str, user: CurrentUser, context: Context, session: SessionDep
+) -> VideoOut:
+    """Stop a queued or running video and refund its credits (exactly once)."""
+    video = await service.cancel(session, user_id=user.id, video_id=video_id)
+    context.events.notify(video_id)
+    return VideoOut.model_validate(video)
+
+
+@router.post(
+    "/{video_id}/regenerate",
+    response_model=VideoCreated,
+    status_code=202,
+    responses=PAYMENT_RESPONSES,
+)
+async def regenerate_video(
+    video_id: str, user: CurrentUser, context: Context, session: SessionDep
+) -> VideoCreated:
+    """Make a new video from the same prompt and options; it is charged again."""
+    source = await service.get_own(session, user_id=user.id, video_id=video_id)
+    body = VideoCreate.model_validate(
+        {
+            "prompt": source.prompt,
+            "model": source.model,
+            "seconds": source.seconds,
+            "size": source.size,
+        }
+    )
+    return await _create(context, session, user.id, body)
+
+
+def _sse(event: str, data: dict[str, object]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+
+
+async def _video_events(context: ApiContext, user_id: str, video_id: str) -> AsyncIterator[bytes]:
+    interval = context.settings.sse_poll_interval_ms / 1000
+    last: tuple[str, int] | None = None
+    idle = 0.0
+    while True:
+        async with context.database.session() as session:
+            video = await session.get(Video, video_id)
+            snapshot = (
+                VideoOut.model_validate(video).model_dump(mode="json", by_alias=True)
+                if video
+                else None
+            )
+        if snapshot is None or video is None or video.user_id != user_id:
+            yield _sse("deleted", {"id": video_id})
+            return
+        state = (snapshot["status"], snapshot["progress"])
+        if state != last:
+            last, idle = state, 0.0
+            yield _sse("progress", snapshot)
+        if snapshot["status"] in FINAL_STATUSES:
+            yield _sse("done", snapshot)
+            return
+        idle += interval
+        if idle >= SSE_KEEPALIVE_SECONDS:
+            idle = 0.0
+            yield b": keep-alive\n\n"
+        await context.events.wait(video_id, interval)
+
+
+@router.get(
+    "/{video_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
+)
+async def video_events(
+    video_id: str, user: CurrentUser, context: Context, session: SessionDep
+) -> StreamingResponse:
+    """Server-sent events: `progress` at every status or progress change, `done` at the end."""
+    await service.get_own(session, user_id=user.id, video_id=video_id)
+    await session.close()  # the stream opens short sessions of its own; hold no connection
+    return StreamingResponse(
+        _video_events(context, user.id, video_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _file_of(context: ApiContext, video: Video, key: str | None, what: str) -> str:
+    if video.status != "completed" or key is None:
+        raise ApiError(
+            409,
+            "Conflict",
+            f"This video is {video.status}: its {what} exists once it has completed.",
+            details={"status": video.status},
+        )
+    path = context.storage.path(key)
+    if not path.is_file():
+        raise ApiError(404, "Not Found", f"The {what} file of this video is missing from storage.")
+    return str(path)
+
+
+FILE_RESPONSES: dict[int | str, dict[str, Any]] = STATE_RESPONSES | {
+    200: {"content": {"video/mp4": {}}, "description": "The whole file"},
+    206: {"content": {"video/mp4": {}}, "description": "The requested byte range"},
+    416: ERROR_RESPONSES[400] | {"description": "Range outside the file"},
+}
+
+
+@router.get("/{video_id}/content", response_class=FileResponse, responses=FILE_RESPONSES)
+async def video_content(
+    video_id: str,
+    user: CurrentUser,
+    context: Context,
+    session: SessionDep,
+    download: Annotated[bool, Query(description="add Content-Disposition: attachment")] = False,
+) -> FileResponse:
+    """The MP4; `Range` requests get 206 (416 outside the file); `?download=1` saves as a file."""
+    video = await service.get_own(session, user_id=user.id, video_id=video_id)
+    path = _file_of(context, video, video.video_key, "video")
+    return FileResponse(
+        path,
+        media_type="video/mp4",
+        filename=f"sora2-{video.id}.mp4" if download else None,
+        content_disposition_type="attachment",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+THUMBNAIL_RESPONSES: dict[int | str, dict[str, Any]] = STATE_RESPONSES | {
+    200: {"content": {"image/jpeg": {}}, "description": "JPEG"}
+}
+
+
+@router.get(
+    "/{video_id}/thumbnail",
+    response_class=FileResponse,
+    responses=THUMBNAIL_RESPONSES,
+)
+async def video_thumbnail(
+    video_id: str, user: CurrentUser, context: Context, session: SessionDep
+) -> FileResponse:
+    video = await service.get_own(session, user_id=user.id, video_id=video_id)
+    path = _file_of(context, video, video.thumbnail_key, "thumbnail")
+    return FileResponse(
+        path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
+    )

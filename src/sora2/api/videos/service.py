@@ -1,0 +1,148 @@
+"""Video rules: charge-and-queue in one transaction, cancel with exactly one refund, delete.
+
+Every state change that moves money is a conditional UPDATE on the video's status, so of two
+racers (two cancels, a cancel and the worker's completion) exactly one changes the row, and
+only that one writes the refund, in the same transaction.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sora2.api.credits.service import charge, refund
+from sora2.api.db.base import utcnow
+from sora2.api.errors import ApiError, not_found
+from sora2.api.jobs.models import Job
+from sora2.api.storage import Storage
+from sora2.api.videos.models import ACTIVE_STATUSES, Video
+from sora2.settings import Settings
+
+
+def cost_of(settings: Settings, *, model: str, seconds: int) -> int:
+    return settings.video_prices[model] * seconds
+
+
+async def create(
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    user_id: str,
+    prompt: str,
+    model: str,
+    seconds: int,
+    size: str,
+) -> tuple[Video, int]:
+    """Inserts the video and its job and charges for it, all committed together (or nothing)."""
+    video = Video(
+        user_id=user_id,
+        prompt=prompt,
+        model=model,
+        seconds=seconds,
+        size=size,
+        cost=cost_of(settings, model=model, seconds=seconds),
+        provider=settings.video_provider,
+    )
+    session.add(video)
+    await session.flush()
+    balance = await charge(
+        session,
+        user_id=user_id,
+        cost=video.cost,
+        video_id=video.id,
+        description=f"{model}, {seconds} s, {size}",
+    )
+    session.add(Job(video_id=video.id))
+    await session.commit()
+    return video, balance
+
+
+async def get_own(session: AsyncSession, *, user_id: str, video_id: str) -> Video:
+    video = await session.get(Video, video_id)
+    if video is None or video.user_id != user_id:
+        raise not_found("This video")
+    return video
+
+
+async def list_own(
+    session: AsyncSession, *, user_id: str, status: str | None, page: int, limit: int
+) -> tuple[list[Video], int]:
+    where = [Video.user_id == user_id]
+    if status is not None:
+        where.append(Video.status == status)
+    total = (
+        await session.execute(select(func.count()).select_from(Video).where(*where))
+    ).scalar_one()
+    rows = (
+        await session.execute(
+            select(Video)
+            .where(*where)
+            .order_by(Video.created_at.desc(), Video.id.desc())
+            .offset((page - 1) * limit)
+            .limit(limit)
+        )
+    ).scalars()
+    return list(rows), int(total)
+
+
+async def cancel(session: AsyncSession, *, user_id: str, video_id: str) -> Video:
+    """Cancels a queued or running video and refunds it, once; 409 when it is already final."""
+    cancelled = await cancel_if_active(session, user_id=user_id, video_id=video_id)
+    video = await get_own(session, user_id=user_id, video_id=video_id)
+    if not cancelled:
+        raise ApiError(
+            409,
+            "Conflict",
+            f"This video is already {video.status}: "
+            "only queued or in-progress videos can be cancelled.",
+            details={"status": video.status},
+        )
+    return video
+
+
+async def cancel_if_active(session: AsyncSession, *, user_id: str, video_id: str) -> bool:
+    """The refund-exactly-once step: True if this call moved the video to `cancelled`."""
+    row = (
+        await session.execute(
+            update(Video)
+            .where(
+                Video.id == video_id, Video.user_id == user_id, Video.status.in_(ACTIVE_STATUSES)
+            )
+            .values(
+                status="cancelled",
+                finished_at=utcnow(),
+                updated_at=utcnow(),
+                error_code="cancelled",
+                error_message="Cancelled by you; the credits were refunded.",
+            )
+            .returning(Video.cost)
+            .execution_options(synchronize_session=False)
+        )
+    ).first()
+    if row is None:
+        await session.rollback()
+        return False
+    await refund(session, user_id=user_id, amount=row.cost, video_id=video_id, why="Cancelled")
+    # A job nobody has claimed yet is simply finished; a running one is stopped by its worker,
+    # which sees the status between steps and cancels upstream.
+    await session.execute(
+        update(Job)
+        .where(Job.video_id == video_id, Job.status == "queued")
+        .values(status="done", finished_at=utcnow(), last_error="cancelled")
+        .execution_options(synchronize_session=False)
+    )
+    await session.commit()
+    session.expire_all()
+    return True
+
+
+async def delete(session: AsyncSession, *, storage: Storage, user_id: str, video_id: str) -> None:
+    """Deletes a video and its files; one still in the works is cancelled and refunded first."""
+    await get_own(session, user_id=user_id, video_id=video_id)
+    await cancel_if_active(session, user_id=user_id, video_id=video_id)
+    video = await get_own(session, user_id=user_id, video_id=video_id)
+    keys = [key for key in (video.video_key, video.thumbnail_key) if key]
+    await session.delete(video)
+    await session.commit()
+    for key in keys:
+        storage.delete(key)

@@ -1,0 +1,541 @@
+"""`sora2 doctor`: find what stops the stack from working on this machine, and say how to fix it.
+
+Every check returns findings instead of raising, so one broken thing never hides the others; it
+must run even when the settings are invalid (it then checks the rest with the defaults). The api
+and the database are reached the way users reach them: over HTTP, and through the api's own CLI
+(`sora2 db check --json`) in a subprocess.
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.metadata
+import importlib.util
+import json
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from sora2.devstack import ports
+from sora2.devstack.report import Finding
+from sora2.devstack.runs import RunFile
+from sora2.settings import Settings, describe_validation_error
+
+HTTP_TIMEOUT = 3.0
+DB_CHECK_TIMEOUT = 30.0
+SUPPORTED_PYTHON = (3, 11)
+OPENAI_VIDEOS_SHUTDOWN = date(2026, 9, 24)
+_LOOPBACKS = ("127.0.0.1", "::1")
+
+
+def diagnose() -> list[Finding]:
+    """Runs every check in order; later ones use the settings (or the defaults, if invalid)."""
+    findings = [check_python(), *check_packages()]
+    settings, settings_finding = load_for_diagnosis()
+    findings.append(settings_finding)
+    findings.extend(check_ports(settings))
+    findings.extend(check_api(settings))
+    findings.extend(check_database(settings))
+    findings.extend(check_folders(settings))
+    findings.extend(check_provider(settings))
+    return findings
+
+
+# --- python and packages ---------------------------------------------------------------------
+
+
+def check_python() -> Finding:
+    version = ".".join(str(part) for part in sys.version_info[:3])
+    where = f"{version} ({sys.executable})"
+    if sys.version_info[:2] == SUPPORTED_PYTHON:
+        return Finding("python", "ok", where)
+    wanted = ".".join(str(part) for part in SUPPORTED_PYTHON)
+    return Finding(
+        "python",
+        "fail",
+        f"{where}; sora2 needs Python {wanted}",
+        f"create the venv with Python {wanted}: make clean && make venv PYTHON=python{wanted}",
+    )
+
+
+def _requirement_name(requirement: str) -> str:
+    match = re.match(r"[A-Za-z0-9._-]+", requirement)
+    return match.group(0) if match else requirement
+
+
+def _extra_of(requirement: str) -> str | None:
+    match = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", requirement)
+    return match.group(1) if match else None
+
+
+def _installed(name: str) -> bool:
+    try:
+        importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def check_packages() -> list[Finding]:
+    """The dependencies and each extra (`dev`: tests and linters): installed or not."""
+    try:
+        requirements = importlib.metadata.requires("sora2") or []
+    except importlib.metadata.PackageNotFoundError:
+        return [Finding("packages", "fail", "sora2 is not installed", "make venv")]
+    groups: dict[str, list[str]] = {}
+    for requirement in requirements:
+        groups.setdefault(_extra_of(requirement) or "", []).append(_requirement_name(requirement))
+    findings = []
+    for extra, names in sorted(groups.items()):
+        missing = [name for name in names if not _installed(name)]
+        label = f"extra [{extra}]" if extra else "dependencies"
+        if not missing:
+            findings.append(Finding(label, "ok", f"all {len(names)} installed"))
+            continue
+        install = f"pip install -e '.[{extra}]'" if extra else "pip install -e ."
+        findings.append(
+            Finding(
+                label,
+                "warn" if extra else "fail",
+                f"missing: {', '.join(missing)}",
+                f"make venv (or {install})",
+            )
+        )
+    return findings
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def load_for_diagnosis() -> tuple[Settings, Finding]:
+    """The settings, or when invalid, the same with each invalid variable at its default."""
+    source = "environment and ./.env" if Path(".env").is_file() else "environment (no ./.env)"
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        finding = Finding(
+            "settings",
+            "fail",
+            "; ".join(line.strip() for line in describe_validation_error(error).splitlines()[1:]),
+            "correct the variables named (in the environment or .env); docs/configuration.md "
+            "lists each one. Checks below use the defaults for them.",
+        )
+        return _settings_without(error), finding
+    return settings, Finding("settings", "ok", f"valid ({settings.app_env}), from {source}")
+
+
+def _settings_without(error: ValidationError) -> Settings:
+    defaults: dict[str, Any] = {}
+    for item in error.errors():
+        field = _field_named(str(item["loc"][0])) if item["loc"] else None
+        if field is not None:
+            defaults[field] = Settings.model_fields[field].get_default(call_default_factory=True)
+    try:
+        return Settings(**defaults)
+    except ValidationError:
+        return Settings.model_construct()
+
+
+def _field_named(variable: str) -> str | None:
+    for name, field in Settings.model_fields.items():
+        aliases = getattr(field.validation_alias, "choices", [])
+        if variable.lower() == name or variable in aliases:
+            return name
+    return None
+
+
+# --- ports -----------------------------------------------------------------------------------
+
+
+def check_ports(settings: Settings) -> list[Finding]:
+    run_file = RunFile(settings.data_dir)
+    return [
+        _check_port("api", settings.api_host, settings.api_port, run_file),
+        _check_port("web", settings.web_host, settings.web_port, run_file),
+    ]
+
+
+def _check_port(service: str, host: str, port: int, run_file: RunFile) -> Finding:
+    label = f"port {port} ({service})"
+    variable = f"{service.upper()}_PORT"
+    problem = ports.bind_problem(host)
+    if problem is not None:
+        return Finding(label, "fail", problem, f"set {service.upper()}_HOST=127.0.0.1")
+    if ports.can_bind(host, port):
+        return Finding(label, "ok", f"free on {host}")
+    holder = ports.holder_of(port)
+    if holder is None or holder.pid is None:
+        return Finding(
+            label,
+            "warn",
+            f"in use on {host} by a process this user cannot see",
+            f"find it with `ss -ltnp 'sport = :{port}'`, or set {variable}",
+        )
+    if run_file.run_holding(holder.pid) is not None:
+        return Finding(
+            label, "ok", f"the {service} of this checkout's sora2 dev (PID {holder.pid})"
+        )
+    if _is_sora2_service(holder.pid, service):
+        return Finding(label, "ok", f"a sora2 {service} (PID {holder.pid}, {holder.command})")
+    return Finding(
+        label,
+        "fail",
+        f"held by {holder.describe()}",
+        f"stop it if it is yours (kill {holder.pid}); or set {variable} to a free port. "
+        "sora2 dev leaves it alone and takes the next free port (--strict-ports: refuses).",
+    )
+
+
+def _is_sora2_service(pid: int, service: str) -> bool:
+    command = ports.command_of(pid).split()
+    return "sora2" in " ".join(command) and "serve" in command and service in command
+
+
+# --- api reachability and health -------------------------------------------------------------
+
+
+def _try_connect(address: tuple[Any, ...], family: int) -> str | None:
+    """None when a TCP connection opens, else the reason (refused, timed out, ...)."""
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(HTTP_TIMEOUT)
+        try:
+            sock.connect(address)
+        except OSError as error:
+            return error.strerror or type(error).__name__
+    return None
+
+
+def _reachability(host: str, port: int) -> dict[str, str | None]:
+    """Every address `host` resolves to, with None where a connection opens, else the reason."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    results: dict[str, str | None] = {}
+    for family, _, _, _, address in infos:
+        results.setdefault(str(address[0]), _try_connect(address, family))
+    return results
+
+
+def check_api(settings: Settings) -> list[Finding]:
+    url = urlsplit(settings.api_url)
+    host = url.hostname or "127.0.0.1"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        reach = _reachability(host, port)
+    except socket.gaierror as error:
+        return [
+            Finding(
+                "api reachable",
+                "fail",
+                f"API_URL host {host!r} does not resolve ({error.strerror})",
+                "set API_URL=http://127.0.0.1:3101 (or the api's real address)",
+            )
+        ]
+    answering = [address for address, problem in reach.items() if problem is None]
+    if not answering:
+        return [_unreachable(settings, host, port, reach)]
+    findings = []
+    failing = {address: problem for address, problem in reach.items() if problem is not None}
+    if failing:
+        findings.append(_partly_reachable(host, port, answering, failing))
+    findings.append(_check_health(settings))
+    findings.append(_check_proxy(settings))
+    return findings
+
+
+def _unreachable(settings: Settings, host: str, port: int, reach: dict[str, str | None]) -> Finding:
+    tried = ", ".join(f"{ports.url_host(a)}:{port} {problem}" for a, problem in reach.items())
+    elsewhere = [
+        address
+        for address in _LOOPBACKS
+        if address not in reach and _try_connect_host(address, port) is None
+    ]
+    if elsewhere:
+        other = elsewhere[0]
+        return Finding(
+            "api reachable",
+            "fail",
+            f"API_URL {settings.api_url} reaches {tried}, but the api answers on "
+            f"{ports.url_host(other)}:{port}: {host} resolves to a different loopback address "
+            "than the one the api listens on (the classic localhost → ::1 vs 127.0.0.1 mismatch)",
+            f"set API_URL=http://{ports.url_host(other)}:{port}",
+        )
+    hint = ""
+    if url_port_differs(settings):
+        hint = f"; note API_URL points at port {port} while API_PORT is {settings.api_port}"
+    return Finding(
+        "api reachable",
+        "fail",
+        f"nothing answers at API_URL {settings.api_url} ({tried}){hint}",
+        "start the api: sora2 dev (everything) or sora2 dev api; "
+        "if it runs elsewhere, set API_URL to its address",
+    )
+
+
+def url_port_differs(settings: Settings) -> bool:
+    return urlsplit(settings.api_url).port not in (None, settings.api_port)
+
+
+def _try_connect_host(address: str, port: int) -> str | None:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    return _try_connect((address, port), family)
+
+
+def _partly_reachable(
+    host: str, port: int, answering: list[str], failing: Mapping[str, str | None]
+) -> Finding:
+    good = ports.url_host(answering[0])
+    bad = ", ".join(f"{ports.url_host(a)} ({problem})" for a, problem in failing.items())
+    return Finding(
+        "api address",
+        "warn",
+        f"{host} resolves to several addresses; the api answers on {good} but not on {bad}. "
+        "Clients that use only the first address (Node.js 17+, some tools) fail with "
+        "ECONNREFUSED (the classic localhost → ::1 vs 127.0.0.1 mismatch)",
+        f"use the address itself: API_URL=http://{good}:{port}",
+    )
+
+
+def _get(url: str) -> tuple[int, dict[str, Any] | None, str]:
+    """Status, JSON body (if it is JSON) and a short text of `GET url`; raises OSError."""
+    parts = urlsplit(url)
+    connection_class = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
+    connection = connection_class(parts.netloc, timeout=HTTP_TIMEOUT)
+    try:
+        connection.request("GET", parts.path or "/")
+        response = connection.getresponse()
+        raw = response.read(64 * 1024).decode("utf-8", "replace")
+    finally:
+        connection.close()
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        document = None
+    return response.status, document if isinstance(document, dict) else None, raw[:200]
+
+
+def _check_health(settings: Settings) -> Finding:
+    url = settings.api_url + "/api/health"
+    try:
+        status, document, text = _get(url)
+    except (OSError, http.client.HTTPException) as error:
+        return Finding(
+            "api health",
+            "fail",
+            f"{url} accepted the connection but did not answer ({error})",
+            "look at the api's console (logs/dev/api.log); restart it: sora2 dev api",
+        )
+    if status == 200:
+        checks = _describe_checks(document)
+        return Finding("api health", "ok", f"{url} → 200{checks}")
+    if status == 503 and document is not None:
+        failing = {
+            name: value
+            for name, value in (document.get("checks") or {}).items()
+            if value not in ("ok", True)
+        }
+        return Finding(
+            "api health",
+            "fail",
+            f"{url} → 503; failing: {failing or document}",
+            "see the database line below, and the api's console (logs/dev/api.log)",
+        )
+    return Finding(
+        "api health",
+        "fail",
+        f"{url} → HTTP {status} ({text!r}): what answers there is not a working sora2 api",
+        "point API_URL at the sora2 api, or free the port for it",
+    )
+
+
+def _describe_checks(document: dict[str, Any] | None) -> str:
+    checks = (document or {}).get("checks") or {}
+    if not isinstance(checks, dict) or not checks:
+        return ""
+    return " (" + ", ".join(f"{name}: {value}" for name, value in checks.items()) + ")"
+
+
+def _check_proxy(settings: Settings) -> Finding:
+    web = f"http://{ports.url_host(ports.connect_host(settings.web_host))}:{settings.web_port}"
+    url = web + "/api/proxy/health"
+    try:
+        status, document, text = _get(url)
+    except (OSError, http.client.HTTPException):
+        return Finding(
+            "web proxy",
+            "warn",
+            f"the web is not running at {web}, so the proxy path was not checked",
+            "start everything: sora2 dev",
+        )
+    if status == 200:
+        return Finding("web proxy", "ok", f"{url} → 200: the pages reach the api")
+    error = document or {}
+    details = error.get("details") or {}
+    return Finding(
+        "web proxy",
+        "fail",
+        f"{url} → {status} {error.get('error', text)}: {error.get('message', '')}".strip(),
+        str(details.get("suggestion"))
+        if details.get("suggestion")
+        else "the web's API_URL must point at the running api (sora2 dev wires both)",
+    )
+
+
+# --- database --------------------------------------------------------------------------------
+
+
+def check_database(settings: Settings) -> list[Finding]:
+    """Asks the api's CLI (`sora2 db check --json`) about connectivity and pending migrations."""
+    command = [sys.executable, "-m", "sora2", "db", "check", "--json"]
+    try:
+        result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+            command, capture_output=True, text=True, timeout=DB_CHECK_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return [
+            Finding(
+                "database",
+                "fail",
+                f"sora2 db check did not finish within {DB_CHECK_TIMEOUT:g} s",
+                "is the database server up and reachable? check DATABASE_URL",
+            )
+        ]
+    if result.returncode == 2 and "invalid choice" in result.stderr:
+        return _database_without_cli(settings)
+    return _database_findings(result.returncode, result.stdout, result.stderr)
+
+
+def _database_findings(code: int, stdout: str, stderr: str) -> list[Finding]:
+    try:
+        document = json.loads(stdout)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        last_line = ((stderr or stdout).strip().splitlines() or ["no output"])[-1]
+        if code == 0:
+            return [Finding("database", "ok", last_line)]
+        return [Finding("database", "fail", last_line, "run sora2 db check for details")]
+    message = str(document.get("message") or document.get("detail") or "")
+    fix = str(document.get("fix") or document.get("suggestion") or "")
+    if code == 0:
+        return [Finding("database", "ok", message or _compact(document))]
+    return [
+        Finding(
+            "database",
+            "fail",
+            message or _compact(document),
+            fix or "sora2 db upgrade applies pending migrations; check DATABASE_URL otherwise",
+        )
+    ]
+
+
+def _compact(document: dict[str, Any]) -> str:
+    text = json.dumps(document, separators=(", ", ": "))
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _database_without_cli(settings: Settings) -> list[Finding]:
+    """Without `sora2 db check`, at least tell whether the database can be reached."""
+    note = Finding(
+        "migrations",
+        "warn",
+        "not checked: this version's CLI has no `sora2 db check`",
+        "update the checkout (git pull) and reinstall (make venv)",
+    )
+    url = settings.database_url or ""
+    if not url.startswith(("postgres://", "postgresql")):
+        folder = settings.data_dir.resolve()
+        return [Finding("database", "ok", f"SQLite under {folder} (see the folder check)"), note]
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5432
+    problem = _try_connect_host(host, port) if host else "no host"
+    if problem is None:
+        return [Finding("database", "ok", f"PostgreSQL at {host}:{port} accepts connections"), note]
+    return [
+        Finding(
+            "database",
+            "fail",
+            f"PostgreSQL at {host}:{port}: {problem}",
+            "start PostgreSQL, or correct DATABASE_URL (or unset it to use SQLite)",
+        ),
+        note,
+    ]
+
+
+# --- folders and provider ----------------------------------------------------------------------
+
+
+def check_folders(settings: Settings) -> list[Finding]:
+    return [
+        _check_writable("DATA_DIR", settings.data_dir),
+        _check_writable("LOG_DIR", settings.log_dir),
+    ]
+
+
+def _check_writable(variable: str, folder: Path) -> Finding:
+    label = variable.lower().replace("_", " ")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
+            pass
+    except OSError as error:
+        return Finding(
+            label,
+            "fail",
+            f"{folder.resolve()} is not writable ({error.strerror})",
+            f"fix its permissions (chown/chmod), or set {variable} to a writable folder",
+        )
+    return Finding(label, "ok", f"{folder.resolve()} is writable")
+
+
+def check_provider(settings: Settings) -> list[Finding]:
+    if settings.video_provider == "local":
+        if importlib.util.find_spec("av") is None:
+            return [
+                Finding(
+                    "video provider",
+                    "fail",
+                    "local renderer needs PyAV, which is not installed",
+                    "make venv",
+                )
+            ]
+        return [Finding("video provider", "ok", "local renderer (offline, no key needed)")]
+    findings = []
+    keys = len(settings.openai_api_keys)
+    if keys == 0:
+        findings.append(
+            Finding(
+                "video provider",
+                "fail",
+                "VIDEO_PROVIDER=openai but no key is set: every generation would fail",
+                "set OPENAI_API_KEYS=key1,key2 (or OPENAI_API_KEY), or VIDEO_PROVIDER=local",
+            )
+        )
+    else:
+        findings.append(
+            Finding("video provider", "ok", f"openai at {settings.openai_base_url}, {keys} key(s)")
+        )
+    if "api.openai.com" in settings.openai_base_url and _today() >= OPENAI_VIDEOS_SHUTDOWN:
+        findings.append(
+            Finding(
+                "provider URL",
+                "warn",
+                "OPENAI_BASE_URL is api.openai.com, whose Videos API shut down on 24 September "
+                "2026",
+                "set OPENAI_BASE_URL to a service speaking the same /videos contract",
+            )
+        )
+    return findings
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()

@@ -1,0 +1,100 @@
+// Generate: the prompt with its counter, the choices, the cost against the balance, and on
+// submit the new video's page. What is typed survives an outage and a reload (a draft).
+import { api } from "../api.js";
+import { startPage } from "../common.js";
+import {
+  clearDraft,
+  clearErrors,
+  formValues,
+  handleSubmitError,
+  keepDraft,
+  setBusy,
+  showFieldError,
+  showStatus,
+} from "../forms.js";
+import { choices, costOf, credits, usePrices } from "../format.js";
+import { normalizeVideo } from "../models.js";
+import { loadCredits } from "../session.js";
+
+const form = document.getElementById("generate-form");
+const prompt = form.elements.prompt;
+const counter = form.querySelector("[data-counter]");
+const costLine = form.querySelector("[data-cost]");
+const maxChars = choices().promptMaxChars ?? Number(prompt.maxLength);
+let balance = null;
+
+function updateCounter() {
+  const used = prompt.value.length;
+  counter.textContent = `${used} / ${maxChars}`;
+  counter.classList.toggle("counter-near", used > maxChars * 0.9);
+}
+
+function updateCost() {
+  const cost = costOf(form.elements.model.value, form.elements.seconds.value);
+  const submit = form.querySelector("button[type=submit]");
+  if (cost === null) {
+    costLine.textContent = "";
+    return;
+  }
+  if (balance === null) {
+    costLine.textContent = `This video costs ${credits(cost)}.`;
+    costLine.classList.remove("cost-short");
+    return;
+  }
+  const short = cost > balance;
+  costLine.textContent = short
+    ? `This video costs ${credits(cost)}, but your balance is ${credits(balance)}. Choose a shorter length or the sora-2 model.`
+    : `This video costs ${credits(cost)}. Your balance: ${credits(balance)}, ${credits(balance - cost)} after this one.`;
+  costLine.classList.toggle("cost-short", short);
+  submit.disabled = short;
+}
+
+prompt.addEventListener("input", updateCounter);
+form.addEventListener("change", updateCost);
+keepDraft(form);
+updateCounter();
+updateCost();
+
+if (new URLSearchParams(window.location.search).has("welcome")) {
+  showStatus(form, "Welcome! Your account comes with 100 free credits.", "ok");
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearErrors(form);
+  const values = formValues(form);
+  const text = values.prompt.trim();
+  if (!text) {
+    showFieldError(form, "prompt", "Describe the video you want: the prompt cannot be empty.");
+    prompt.focus();
+    return;
+  }
+  setBusy(form, true);
+  try {
+    const created = normalizeVideo(
+      await api.post("videos", {
+        prompt: text,
+        model: values.model,
+        seconds: Number(values.seconds),
+        size: values.size,
+      }),
+    );
+    clearDraft(form);
+    window.location.assign(`/videos/${encodeURIComponent(created.id)}`);
+  } catch (error) {
+    setBusy(form, false);
+    updateCost();
+    handleSubmitError(form, error, "Too many videos requested at once.");
+  }
+});
+
+startPage(async () => {
+  try {
+    const answer = await loadCredits();
+    balance = answer.balance;
+    usePrices(answer.prices);
+  } catch {
+    balance = null; // the cost alone is still shown; the api checks the balance anyway
+  }
+  updateCost();
+});

@@ -1,0 +1,60 @@
+// Sign in: errors inline (a wrong password, a rate limit with its countdown), then on to where
+// the visitor was going.
+import { api } from "../api.js";
+import { startPage } from "../common.js";
+import {
+  clearDraft,
+  clearErrors,
+  formValues,
+  handleSubmitError,
+  keepDraft,
+  setBusy,
+  showFieldError,
+  showStatus,
+} from "../forms.js";
+import { safeNext } from "../session.js";
+
+const form = document.getElementById("login-form");
+const params = new URLSearchParams(window.location.search);
+const next = safeNext(params.get("next"));
+
+keepDraft(form);
+if (params.has("signed_out")) showStatus(form, "You are signed out.", "info");
+if (params.has("password_changed")) showStatus(form, "Password changed. Sign in with the new one.", "info");
+
+function checkFilledIn(values) {
+  let ok = true;
+  if (!values.email.trim()) ok = !showFieldError(form, "email", "Enter the email address you registered with.");
+  if (!values.password) ok = !showFieldError(form, "password", "Enter your password.") && ok;
+  return ok;
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearErrors(form);
+  const values = formValues(form);
+  if (!checkFilledIn(values)) {
+    form.querySelector("[aria-invalid=true]")?.focus();
+    return;
+  }
+  setBusy(form, true);
+  try {
+    await api.post("auth/login", { email: values.email.trim(), password: values.password });
+    clearDraft(form);
+    window.location.assign(next);
+  } catch (error) {
+    setBusy(form, false);
+    if (error.status === 401) {
+      form.elements.password.value = "";
+      showStatus(form, error.message || "Wrong email or password.");
+      form.elements.password.focus();
+      return;
+    }
+    handleSubmitError(form, error, "Too many sign-in attempts.");
+  }
+});
+
+startPage(async (user) => {
+  // Already signed in: nothing to do here. (Only a real session redirects, so no loop.)
+  if (user) window.location.replace(next);
+});

@@ -1,0 +1,243 @@
+"""`sora2 dev` end to end: real processes, real ports, real signals."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tests.devstack.conftest import READY, Listener, get, is_gone, wait_until
+
+
+def proxy_health(web_port: int) -> int:
+    try:
+        status, _ = get(f"http://127.0.0.1:{web_port}/api/proxy/health", timeout=3)
+    except OSError:
+        return 0
+    return status
+
+
+def test_stack_comes_up_and_the_page_reaches_the_api_through_the_proxy(start_stack: Any) -> None:
+    stack = start_stack("--no-reload")
+    stack.wait_ready()
+
+    status, body = get(f"http://127.0.0.1:{stack.web_port}/api/proxy/health")
+    assert status == 200
+    assert json.loads(body)["status"] == "ok"
+    assert get(f"http://127.0.0.1:{stack.web_port}/")[0] == 200
+    assert get(f"http://127.0.0.1:{stack.api_port}/api-docs")[0] == 200
+    # The api was up before the web was started, and the summary names the working URLs.
+    output = stack.output
+    assert output.index("api ready on") < output.index("web ready on") < output.index(READY)
+    assert f"http://127.0.0.1:{stack.web_port}/" in output
+    assert f"http://127.0.0.1:{stack.api_port}/api-docs" in output
+    assert f"http://127.0.0.1:{stack.web_port}/api/proxy/health" in output
+
+
+def test_every_line_is_prefixed_and_kept_in_a_transcript_per_service(
+    start_stack: Any, tmp_path: Path
+) -> None:
+    stack = start_stack("--no-reload")
+    stack.wait_ready()
+    stack.wait_for(r"^web \| .*web listening on")
+    stack.wait_for(r"^api \| .*Uvicorn running")
+    assert "\x1b[" not in stack.output  # not a terminal: no colour codes
+    assert stack.interrupt() == 0
+
+    second = start_stack("--no-reload", api_port=stack.api_port, web_port=stack.web_port)
+    second.wait_ready()
+    second.wait_for(r"^api \| .*Uvicorn running")
+    transcript = (tmp_path / "logs" / "dev" / "api.log").read_text()
+    # Appended, not truncated: one start marker per run, each followed by that run's lines.
+    assert transcript.count("===== ") == 2
+    assert transcript.count("Uvicorn running") == 2
+    assert "sora2 dev api web" in transcript
+
+
+def test_ctrl_c_stops_web_then_api_and_leaves_no_process_behind(start_stack: Any) -> None:
+    stack = start_stack("--no-reload")
+    stack.wait_ready()
+    started = dict(stack.started)
+    assert len(started) >= 2
+
+    assert stack.interrupt() == 0
+
+    assert [pid for pid, process in started.items() if not is_gone(process)] == []
+    output = stack.output
+    assert output.index("stopping web") < output.index("stopping api") < output.index("stopped")
+    assert json.loads((stack.folder / "data" / "devstack.json").read_text())["runs"] == []
+
+
+def test_sigterm_stops_the_stack_like_ctrl_c(start_stack: Any) -> None:
+    stack = start_stack("--no-reload")
+    stack.wait_ready()
+    started = dict(stack.started)
+    stack.process.send_signal(signal.SIGTERM)
+    assert stack.process.wait(timeout=30) == 0
+    assert all(is_gone(process) for process in started.values())
+
+
+def test_a_port_held_by_a_foreign_process_is_left_alone_and_the_stack_moves(
+    start_stack: Any, listeners: list[Listener]
+) -> None:
+    api_holder, web_holder = Listener(), Listener()
+    listeners.extend([api_holder, web_holder])
+    stack = start_stack("--no-reload", api_port=api_holder.port, web_port=web_holder.port)
+    stack.wait_ready()
+
+    holder = f"port {api_holder.port} is held by PID {os.getpid()}"
+    assert holder in stack.output
+    moved_api = int(stack.wait_for(r"The api takes port (\d+) instead").group(1))
+    moved_web = int(stack.wait_for(r"The web takes port (\d+) instead").group(1))
+    assert {moved_api, moved_web}.isdisjoint({api_holder.port, web_holder.port})
+    assert f"API_URL=http://127.0.0.1:{moved_api}" in stack.output
+    # The moved web reaches the moved api, and the holders were never touched.
+    assert proxy_health(moved_web) == 200
+    assert api_holder.still_accepts()
+    assert web_holder.still_accepts()
+
+
+def test_strict_ports_refuses_a_held_port_and_starts_nothing(
+    start_stack: Any, listeners: list[Listener]
+) -> None:
+    holder = Listener()
+    listeners.append(holder)
+    stack = start_stack("--strict-ports", "--no-reload", api_port=holder.port)
+    assert stack.process.wait(timeout=30) == 1
+    assert f"port {holder.port} for the api is held by PID {os.getpid()}" in stack.output
+    assert "--strict-ports" in stack.output
+    assert stack.started == {}
+    assert holder.still_accepts()
+
+
+def test_an_earlier_dev_of_this_checkout_is_stopped_gracefully(start_stack: Any) -> None:
+    first = start_stack("--no-reload")
+    first.wait_ready()
+    earlier = dict(first.started)
+
+    second = start_stack("--no-reload", api_port=first.api_port, web_port=first.web_port)
+    second.wait_ready()
+
+    assert "held by an earlier sora2 dev of this checkout" in second.output
+    assert first.process.wait(timeout=5) == 0  # it stopped the way Ctrl-C stops it
+    assert "stopped" in first.output
+    assert all(is_gone(process) for process in earlier.values())
+    # Same ports as asked: nothing had to move.
+    assert "instead" not in second.output
+    assert proxy_health(second.web_port) == 200
+
+
+def test_a_killed_api_is_restarted_and_the_proxy_recovers(start_stack: Any) -> None:
+    stack = start_stack("--no-reload")
+    stack.wait_ready()
+    api_pid = stack.service_pid("api")
+    assert api_pid is not None
+    mark = len(stack.lines)
+
+    os.kill(api_pid, signal.SIGKILL)
+
+    stack.wait_for(r"api killed by SIGKILL", after=mark)
+    stack.wait_for(r"restarting api in", after=mark)
+    stack.wait_for(r"api is back, ready in", after=mark)
+    assert stack.service_pid("api") not in (None, api_pid)
+    wait_until(lambda: proxy_health(stack.web_port) == 200, timeout=15, what="proxy recovery")
+    assert stack.process.poll() is None
+
+
+def test_repeated_crashes_stop_the_stack_with_an_explanation(start_stack: Any) -> None:
+    stack = start_stack("--no-reload")
+    stack.wait_ready()
+    killed: set[int] = set()
+
+    def kill_new_api() -> bool:
+        if stack.process.poll() is not None:
+            return True
+        pid = stack.service_pid("api")
+        if pid is not None and pid not in killed:
+            stack.remember_pids()
+            killed.add(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return False
+
+    wait_until(kill_new_api, timeout=40, what="the launcher to give up")
+
+    assert stack.process.wait(timeout=30) == 1
+    assert "5 crashes within 60 s, so it is not restarted again" in stack.output
+    assert stack.leftovers() == []
+
+
+def _site_with(folder: Path, code: str) -> dict[str, str]:
+    """A `sitecustomize` that breaks `sora2 serve api` the way a bad install or bug would."""
+    site = folder / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\nif sys.argv[-2:] == ['serve', 'api']:\n" + code
+    )
+    return {"PYTHONPATH": str(site)}
+
+
+def test_an_api_that_crashes_at_start_is_reported_with_its_last_lines(
+    start_stack: Any, tmp_path: Path
+) -> None:
+    env = _site_with(
+        tmp_path,
+        "    print('ImportError: cannot import name frobnicate', flush=True)\n"
+        "    import os\n    os._exit(3)\n",
+    )
+    stack = start_stack("--no-reload", env=env)
+
+    assert stack.process.wait(timeout=30) == 1
+    output = stack.output
+    assert f"api exited with status 3 before http://127.0.0.1:{stack.api_port}" in output
+    assert "  ImportError: cannot import name frobnicate" in output
+    assert "web ready" not in output
+    assert not any(line.startswith("web |") for line in stack.lines)
+    assert READY not in output
+
+
+def test_an_api_that_never_answers_is_reported_after_the_timeout(
+    start_stack: Any, tmp_path: Path
+) -> None:
+    env = _site_with(
+        tmp_path,
+        "    import signal\n    print('stuck on something', flush=True)\n    signal.pause()\n",
+    )
+    stack = start_stack("--no-reload", "--timeout", "1", "--grace", "1", env=env)
+
+    assert stack.process.wait(timeout=30) == 1
+    output = stack.output
+    assert "api did not answer" in output
+    assert "within 1 s" in output
+    assert "  stuck on something" in output
+    assert stack.leftovers() == []
+
+
+def test_a_code_change_reloads_only_the_affected_service(start_stack: Any, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "api").mkdir(parents=True)
+    (source / "web").mkdir()
+    stack = start_stack("--watch-root", str(source))
+    stack.wait_ready()
+    api_pid, web_pid = stack.service_pid("api"), stack.service_pid("web")
+    mark = len(stack.lines)
+
+    changed = source / "api" / "routes.py"
+    for attempt in range(5):
+        # Saved again if unnoticed: on a slow machine the watcher may still be arming.
+        changed.write_text(f"CHANGED = {attempt}\n")
+        with contextlib.suppress(AssertionError):
+            stack.wait_for(r"api: code changed \(api/routes.py\)", timeout=3, after=mark)
+            break
+    else:
+        raise AssertionError("the change was never noticed:\n" + stack.output)
+    stack.wait_for(r"api reloaded, ready in", after=mark)
+    assert stack.service_pid("api") not in (None, api_pid)
+    assert stack.service_pid("web") == web_pid
+    assert psutil.pid_exists(web_pid or 0)
+    assert proxy_health(stack.web_port) == 200

@@ -1,0 +1,166 @@
+"""`sora2 doctor` as a user runs it, against real listeners and a real stack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.devstack.conftest import Listener, scratch_environment
+from tests.fakes.servers import RunningServer, free_port, start_app
+
+
+def doctor_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sora2", "doctor", *args]
+
+
+def run_doctor(folder: Path, **env: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Exit status and findings by check name, from `sora2 doctor --json`."""
+    result = subprocess.run(
+        doctor_command("--json"),
+        cwd=folder,
+        env=scratch_environment(folder, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result.returncode, _by_check(result.stdout)
+
+
+async def run_doctor_async(folder: Path, **env: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    """The same while this test's event loop serves a fake api."""
+    process = await asyncio.create_subprocess_exec(
+        *doctor_command("--json"),
+        cwd=folder,
+        env=scratch_environment(folder, **env),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    stdout, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    return int(process.returncode or 0), _by_check(stdout.decode())
+
+
+def _by_check(stdout: str) -> dict[str, dict[str, Any]]:
+    return {item["check"]: item for item in json.loads(stdout)["findings"]}
+
+
+def fake_api(status: int, body: dict[str, Any]) -> web.Application:
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_get("/api/health", health)
+    return app
+
+
+@pytest.fixture
+async def healthy_api() -> AsyncIterator[RunningServer]:
+    server = await start_app(fake_api(200, {"status": "ok", "checks": {"database": "ok"}}))
+    yield server
+    await server.stop()
+
+
+def test_doctor_reports_a_stopped_api_and_a_held_port(
+    tmp_path: Path, listeners: list[Listener]
+) -> None:
+    holder = Listener()
+    listeners.append(holder)
+    api_port = free_port()
+    env = scratch_environment(
+        tmp_path,
+        API_PORT=str(api_port),
+        API_URL=f"http://127.0.0.1:{api_port}",
+        WEB_PORT=str(holder.port),
+    )
+    result = subprocess.run(
+        doctor_command(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 1
+    table = " ".join(result.stdout.split())  # the table wraps long findings
+    assert f"FAIL port {holder.port} (web) held by PID {os.getpid()} (" in table
+    assert "pytest" in table  # the holder's command line
+    assert f"FAIL api reachable nothing answers at API_URL http://127.0.0.1:{api_port}" in table
+    assert "fix: start the api: sora2 dev" in table
+    assert f"ok port {api_port} (api) free" in table
+    assert holder.still_accepts()  # looked at, never touched
+
+
+def test_doctor_sees_a_healthy_stack_of_this_checkout(start_stack: Any, tmp_path: Path) -> None:
+    stack = start_stack("--no-reload")
+    stack.wait_ready()
+
+    _, findings = run_doctor(
+        tmp_path,
+        API_PORT=str(stack.api_port),
+        WEB_PORT=str(stack.web_port),
+        API_URL=f"http://127.0.0.1:{stack.api_port}",
+    )
+
+    api_port = findings[f"port {stack.api_port} (api)"]
+    assert api_port["status"] == "ok"
+    assert "this checkout's sora2 dev" in api_port["detail"]
+    assert findings["api health"]["status"] == "ok"
+    assert findings["web proxy"]["status"] == "ok"
+
+
+async def test_doctor_explains_the_localhost_versus_ipv6_mismatch(
+    tmp_path: Path, healthy_api: RunningServer
+) -> None:
+    # The api listens on 127.0.0.1 only; API_URL names an address that resolves to ::1.
+    code, findings = await run_doctor_async(
+        tmp_path, API_URL=f"http://[::1]:{healthy_api.port}", API_PORT=str(healthy_api.port)
+    )
+
+    assert code == 1
+    reach = findings["api reachable"]
+    assert reach["status"] == "fail"
+    assert "localhost → ::1 vs 127.0.0.1" in reach["detail"]
+    assert reach["fix"] == f"set API_URL=http://127.0.0.1:{healthy_api.port}"
+
+
+async def test_doctor_names_the_failing_health_check(tmp_path: Path) -> None:
+    failing = {"status": "unhealthy", "checks": {"database": "unreachable: connection refused"}}
+    server = await start_app(fake_api(503, failing))
+    try:
+        code, findings = await run_doctor_async(tmp_path, API_URL=server.url)
+    finally:
+        await server.stop()
+
+    assert code == 1
+    assert findings["api health"]["status"] == "fail"
+    assert "database" in findings["api health"]["detail"]
+    assert "connection refused" in findings["api health"]["detail"]
+
+
+def test_doctor_still_runs_and_explains_invalid_settings(tmp_path: Path) -> None:
+    code, findings = run_doctor(tmp_path, API_PORT="three-one-oh-one")
+
+    assert code == 1
+    assert findings["settings"]["status"] == "fail"
+    assert "API_PORT" in findings["settings"]["detail"]
+    # The other checks ran on the defaults rather than stopping at the first problem.
+    assert "port 3101 (api)" in findings
+    assert findings["data dir"]["status"] == "ok"
+
+
+def test_doctor_flags_openai_without_keys_and_an_unwritable_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the data folder should be")
+
+    code, findings = run_doctor(tmp_path, VIDEO_PROVIDER="openai", DATA_DIR=str(blocker / "data"))
+
+    assert code == 1
+    provider = findings["video provider"]
+    assert provider["status"] == "fail"
+    assert "OPENAI_API_KEYS" in provider["fix"]
+    assert findings["data dir"]["status"] == "fail"
+    assert "DATA_DIR" in findings["data dir"]["fix"]

@@ -1,0 +1,420 @@
+"""The local provider renders real, playable MP4s, reports progress, stops, and survives crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from sora2.api.providers.base import (
+    ErrorKind,
+    GenerationRequest,
+    ProviderError,
+    ProviderJob,
+)
+from sora2.api.providers.local import JobFolder, LocalProvider
+from sora2.settings import load_settings
+from tests.fakes.servers import serving
+
+DEADLINE_SECONDS = 60.0
+
+
+def request(
+    size: str = "320x180", seconds: int = 4, prompt: str = "a red fox in snow"
+) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt, model="sora-2", seconds=seconds, size=size)
+
+
+@pytest.fixture
+async def provider(tmp_path: Path) -> AsyncIterator[LocalProvider]:
+    local = LocalProvider(tmp_path / "local-provider")
+    yield local
+    await local.close()
+
+
+async def wait_until_final(provider: LocalProvider, job_id: str) -> list[ProviderJob]:
+    """Poll like the worker does; every answer seen, the final one last."""
+    seen: list[ProviderJob] = []
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        job = await provider.status(job_id)
+        seen.append(job)
+        if job.status in ("completed", "failed"):
+            return seen
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{job_id} not final after {DEADLINE_SECONDS}s; last {seen[-1]}")
+
+
+async def wait_until_started(provider: LocalProvider, job_id: str) -> ProviderJob:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        job = await provider.status(job_id)
+        if job.progress > 0:
+            return job
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{job_id} never made progress")
+
+
+def decoded_frames(video: Path) -> tuple[av.video.stream.VideoStream, float, list[np.ndarray]]:
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        assert container.duration is not None
+        duration = container.duration / av.time_base
+        return stream, duration, frames
+
+
+async def test_renders_a_browser_playable_h264_mp4_of_the_exact_size_and_length(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    job_id = await provider.start(request("1280x720", 4))
+    assert (await wait_until_final(provider, job_id))[-1].status == "completed"
+    video, thumbnail = tmp_path / "out" / "v.mp4", tmp_path / "out" / "t.jpg"
+    await provider.download(job_id, video, thumbnail)
+
+    stream, duration, frames = decoded_frames(video)
+    assert stream.codec_context.name == "h264"
+    assert stream.codec_context.pix_fmt == "yuv420p"
+    assert (stream.width, stream.height) == (1280, 720)
+    assert abs(duration - 4.0) <= 1 / 24
+    assert len(frames) == 4 * 24
+    assert all(frame.shape == (720, 1280, 3) for frame in frames)
+    # It moves: the start, middle and end all look different.
+    first, middle, last = frames[0], frames[len(frames) // 2], frames[-1]
+    assert np.abs(first.astype(int) - middle).mean() > 2
+    assert np.abs(middle.astype(int) - last).mean() > 2
+    # faststart: the index comes before the media, so a browser can play while downloading.
+    head = video.read_bytes()
+    assert head.index(b"moov") < head.index(b"mdat")
+
+    with Image.open(thumbnail) as image:
+        assert image.format == "JPEG"
+        assert abs(image.width / image.height - 16 / 9) < 0.01
+
+
+async def test_portrait_clip_and_thumbnail_keep_their_orientation(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    job_id = await provider.start(request("180x320", 4))
+    await wait_until_final(provider, job_id)
+    await provider.download(job_id, tmp_path / "v.mp4", tmp_path / "t.jpg")
+    stream, duration, _ = decoded_frames(tmp_path / "v.mp4")
+    assert (stream.width, stream.height) == (180, 320)
+    assert abs(duration - 4.0) <= 1 / 24
+    with Image.open(tmp_path / "t.jpg") as image:
+        assert abs(image.width / image.height - 9 / 16) < 0.02
+
+
+async def test_progress_rises_without_going_back_and_ends_at_100(
+    provider: LocalProvider,
+) -> None:
+    job_id = await provider.start(request("320x180", 12))
+    seen = await wait_until_final(provider, job_id)
+    progress = [job.progress for job in seen]
+    assert progress == sorted(progress)
+    assert seen[-1].status == "completed"
+    assert progress[-1] == 100
+    assert any(0 < value < 100 for value in progress), progress
+    assert {job.status for job in seen} <= {"queued", "in_progress", "completed"}
+
+
+async def test_cancel_stops_the_render_and_can_be_repeated(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    job_id = await provider.start(request("1280x720", 12))
+    await wait_until_started(provider, job_id)
+
+    await provider.cancel(job_id)
+
+    folder = JobFolder(tmp_path / "local-provider" / job_id)
+    assert not folder.is_being_rendered()
+    stopped_at = (await provider.status(job_id)).progress
+    job = await provider.status(job_id)
+    assert (job.status, job.error_code) == ("failed", "cancelled")
+    assert job.progress == stopped_at < 100
+    assert not folder.video.exists()
+    assert not folder.partial_video.exists()
+    assert provider.health()["running"] == 0
+    await provider.cancel(job_id)  # again: nothing to do, no error
+    with pytest.raises(ProviderError) as error:
+        await provider.download(job_id, tmp_path / "v.mp4", tmp_path / "t.jpg")
+    assert error.value.kind is ErrorKind.FINAL
+    assert not (tmp_path / "v.mp4").exists()
+
+
+async def test_a_fresh_provider_finishes_a_job_another_one_stopped(tmp_path: Path) -> None:
+    root = tmp_path / "local-provider"
+    first = LocalProvider(root)
+    job_id = await first.start(request("640x360", 8))
+    reached = (await wait_until_started(first, job_id)).progress
+    await first.close()  # the api shuts down mid-render
+
+    second = LocalProvider(root)
+    try:
+        seen = await wait_until_final(second, job_id)
+        assert seen[-1].status == "completed"
+        assert all(job.progress >= reached for job in seen)
+        await second.download(job_id, tmp_path / "v.mp4", tmp_path / "t.jpg")
+        assert decoded_frames(tmp_path / "v.mp4")[1] == pytest.approx(8.0, abs=1 / 24)
+    finally:
+        await second.close()
+
+
+STARTER = """
+import asyncio, sys, time
+from pathlib import Path
+from sora2.api.providers.base import GenerationRequest
+from sora2.api.providers.local import LocalProvider
+
+async def main():
+    provider = LocalProvider(Path(sys.argv[1]))
+    job_id = await provider.start(GenerationRequest("crash test", "sora-2", 8, "1280x720"))
+    while (await provider.status(job_id)).progress == 0:
+        await asyncio.sleep(0.01)
+    print(job_id, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_new_process_rerenders_a_job_whose_worker_and_renderer_were_killed(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "local-provider"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", STARTER, str(root)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stdout is not None
+        job_id = worker.stdout.readline().strip()
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    folder = JobFolder(root / job_id)
+    renderer = folder.renderer_pid()
+    assert renderer is not None
+    os.kill(renderer, signal.SIGKILL)  # the whole machine went down: no renderer survives
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while folder.is_being_rendered() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+    fresh = LocalProvider(root)
+    try:
+        seen = await wait_until_final(fresh, job_id)
+        assert seen[-1].status == "completed"
+        assert folder.renderer_pid() != renderer
+    finally:
+        await fresh.close()
+
+
+@pytest.mark.parametrize("job_id", ["local-" + "0" * 32, "video_123", "../../etc/passwd", ""])
+async def test_unknown_ids_are_not_found_and_cancel_ignores_them(
+    provider: LocalProvider, tmp_path: Path, job_id: str
+) -> None:
+    with pytest.raises(ProviderError) as error:
+        await provider.status(job_id)
+    assert error.value.kind is ErrorKind.NOT_FOUND
+    with pytest.raises(ProviderError) as error:
+        await provider.download(job_id, tmp_path / "v.mp4", tmp_path / "t.jpg")
+    assert error.value.kind is ErrorKind.NOT_FOUND
+    await provider.cancel(job_id)
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        (request(size="321x180"), "size"),
+        (request(size="huge"), "size"),
+        (request(seconds=0), "seconds"),
+        (request(prompt="   "), "prompt"),
+    ],
+)
+async def test_requests_it_cannot_render_are_final_errors_naming_the_field(
+    provider: LocalProvider, bad: GenerationRequest, named: str
+) -> None:
+    with pytest.raises(ProviderError) as error:
+        await provider.start(bad)
+    assert error.value.kind is ErrorKind.FINAL
+    assert error.value.code == "invalid_request"
+    assert named in error.value.message
+
+
+async def test_download_before_completion_is_a_retryable_error(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    job_id = await provider.start(request("640x360", 12))
+    with pytest.raises(ProviderError) as error:
+        await provider.download(job_id, tmp_path / "v.mp4", tmp_path / "t.jpg")
+    assert error.value.kind is ErrorKind.TRANSIENT
+    await provider.cancel(job_id)
+
+
+async def test_from_settings_works_under_the_data_dir(tmp_path: Path) -> None:
+    provider = LocalProvider.from_settings(load_settings(DATA_DIR=str(tmp_path)))
+    try:
+        job_id = await provider.start(request())
+        assert (await wait_until_final(provider, job_id))[-1].status == "completed"
+        assert (tmp_path / "local-provider" / job_id / "video.mp4").is_file()
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while provider.health()["running"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the render process exits just after its files land
+        assert provider.health() == {
+            "provider": "local",
+            "running": 0,
+            "queued": 0,
+            "maxParallel": provider.max_parallel,
+        }
+    finally:
+        await provider.close()
+
+
+async def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_cancel_from_another_process_stops_the_render_where_it_runs(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "local-provider"
+    rendering, other = LocalProvider(root), LocalProvider(root)
+    try:
+        job_id = await rendering.start(request("1280x720", 12))
+        await wait_until_started(rendering, job_id)
+
+        await other.cancel(job_id)
+
+        await wait_for(lambda: rendering.health()["running"] == 0, "the render process ended")
+        job = await rendering.status(job_id)
+        assert (job.status, job.error_code) == ("failed", "cancelled")
+        assert not JobFolder(root / job_id).video.exists()
+    finally:
+        await rendering.close()
+        await other.close()
+
+
+async def wait_for_new_renderer(
+    provider: LocalProvider, job_id: str, folder: JobFolder, old: set[int]
+) -> int:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        await provider.status(job_id)  # the poll that notices a dead render and restarts it
+        pid = folder.renderer_pid()
+        if pid is not None and pid not in old and folder.is_being_rendered():
+            return pid
+        await asyncio.sleep(0.01)
+    raise AssertionError("no new renderer took the job")
+
+
+async def test_a_render_that_keeps_dying_fails_instead_of_looping(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    job_id = await provider.start(request("1280x720", 12))
+    folder = JobFolder(tmp_path / "local-provider" / job_id)
+    killed: set[int] = set()
+    for _ in range(3):
+        pid = await wait_for_new_renderer(provider, job_id, folder, killed)
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+        await wait_for(lambda: not folder.is_being_rendered(), "the renderer died")
+
+    job = (await wait_until_final(provider, job_id))[-1]
+    assert (job.status, job.error_code) == ("failed", "render_crashed")
+    assert "3 times" in (job.error_message or "")
+
+
+async def test_finished_jobs_are_swept_after_retention_but_downloads_survive(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "local-provider"
+    provider = LocalProvider(root, retention_seconds=0)
+    try:
+        finished = await provider.start(request())
+        await wait_until_final(provider, finished)
+        await provider.download(finished, tmp_path / "v.mp4", tmp_path / "t.jpg")
+
+        running = await provider.start(request("1280x720", 12))  # sweeps on the way
+
+        await wait_for(lambda: not (root / finished).exists(), "the finished job was swept")
+        with pytest.raises(ProviderError) as error:
+            await provider.status(finished)
+        assert error.value.kind is ErrorKind.NOT_FOUND
+        assert (await provider.status(running)).status in ("queued", "in_progress")
+        assert decoded_frames(tmp_path / "v.mp4")[1] == pytest.approx(4.0, abs=1 / 24)
+    finally:
+        await provider.close()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Chromium makes no outside connections on a closed network (they would be refused, noisily).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PLAY_HALF_A_SECOND = """() => new Promise((resolve) => {
+  const video = document.getElementById("video");
+  const report = () => resolve({width: video.videoWidth, height: video.videoHeight,
+    duration: video.duration, time: video.currentTime, error: video.error && video.error.message});
+  video.addEventListener("error", report);
+  video.addEventListener("timeupdate", () => { if (video.currentTime >= 0.5) report(); });
+  video.play().catch((error) => resolve({error: String(error)}));
+})"""
+
+
+@pytest.mark.browser
+async def test_chromium_plays_the_video_and_shows_the_thumbnail(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+    from playwright.async_api import async_playwright
+
+    job_id = await provider.start(request("320x180", 4))
+    await wait_until_final(provider, job_id)
+    await provider.download(job_id, tmp_path / "v.mp4", tmp_path / "t.jpg")
+
+    async def page(_: web.Request) -> web.Response:
+        html = '<video id="video" muted src="/v.mp4"></video><img id="thumb" src="/t.jpg">'
+        return web.Response(text=html, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_static("/", tmp_path)  # FileResponse: Range requests, as the api serves them
+    async with serving(app) as server, async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            tab = await browser.new_page()
+            await tab.goto(server.url + "/")
+            played = await tab.evaluate(PLAY_HALF_A_SECOND)
+            thumb_width = await tab.evaluate(
+                "async () => { const img = document.getElementById('thumb');"
+                " await img.decode(); return img.naturalWidth; }"
+            )
+        finally:
+            await browser.close()
+    assert played["error"] is None
+    assert (played["width"], played["height"]) == (320, 180)
+    assert played["duration"] == pytest.approx(4.0, abs=1 / 24)
+    assert played["time"] >= 0.5
+    assert thumb_width == 320
