@@ -362,9 +362,7 @@ def profile_proxy(
         )
         return "\n".join(sections)
     counts = []
-    for make_server in (sora2_server, bare_server):
-        port = free_port()
-        server = make_server(workdir, port, backend_url)
+    for port, server in cost_ladder(workdir, backend_url):
         progress(f"counting instructions of {server.name} under callgrind")
         counts.append(
             count_instructions(
@@ -377,6 +375,29 @@ def profile_proxy(
         )
     sections.append(instructions_section(counts))
     return "\n".join(sections)
+
+
+def cost_ladder(workdir: Path, backend_url: str) -> list[tuple[int, Server]]:
+    """From the bare pass-through up to production, one layer at a time, each on a fresh port."""
+    ports = [free_port() for _ in range(4)]
+    proxy_only = Server(
+        "sora2 proxy alone on a bare app, no logging",
+        python_module("bench._proxy_only", "--port", str(ports[1]), "--upstream", backend_url),
+        cpu=SERVER_CPU,
+        log_path=workdir / f"proxy-only-{ports[1]}.log",
+        env=CHILD_PYTHON_ENV,
+    )
+    quiet = sora2_server(workdir, ports[2], backend_url)
+    quiet.name = "sora2 serve web without the access log (LOG_LEVEL=WARNING)"
+    quiet.env = {**quiet.env, "LOG_LEVEL": "WARNING"}
+    production = sora2_server(workdir, ports[3], backend_url)
+    production.name = "sora2 serve web as in production (the table's sora2 proxy)"
+    return [
+        (ports[0], bare_server(workdir, ports[0], backend_url)),
+        (ports[1], proxy_only),
+        (ports[2], quiet),
+        (ports[3], production),
+    ]
 
 
 def progress(message: str) -> None:
