@@ -17,12 +17,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench import PROFILE_ENV
+
 BENCH_DIR = Path(__file__).resolve().parent
 MODULE_SUFFIX = "_bench"
-
-# Set by `--profile`; benchmarks that can profile (proxy) read it instead of growing a new
-# parameter that every other module would have to accept.
-PROFILE_ENV = "SORA2_BENCH_PROFILE"
 
 
 def available_benchmarks() -> list[str]:

@@ -22,7 +22,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench import _nginx, _noise
+from bench import PROFILE_ENV, _nginx, _noise
 from bench._backend import SMALL_JSON
 from bench._instructions import callgrind_available, count_instructions, instructions_section
 from bench._processes import Server, free_port, http_get
@@ -33,7 +33,6 @@ LOAD_CPU = 0
 SERVER_CPU = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-PROFILE_ENV = "SORA2_BENCH_PROFILE"
 MIB = 1024 * 1024
 # The children must import this checkout's bench and sora2, whatever the caller's cwd.
 CHILD_PYTHON_ENV = {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT)])}
@@ -279,7 +278,10 @@ def measure_download(target: Target, plan: Plan) -> None:
          "-w", "%{http_code} %{size_download} %{speed_download}", url],
         capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip
-    status, size, speed = completed.stdout.split()
+    fields = completed.stdout.split()
+    if completed.returncode != 0 or len(fields) != 3:
+        raise RuntimeError(f"{target.name}: curl failed on {url}: {completed.stderr.strip()}")
+    status, size, speed = fields
     if status != "200" or int(size) != plan.download_bytes:
         raise RuntimeError(f"{target.name}: download gave HTTP {status}, {size} bytes")
     growth = max(0, target.server.peak_rss() - baseline)
