@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,26 +179,16 @@ def build_servers(workdir: Path) -> tuple[Server, list[Target]]:
         log_path=workdir / "backend.log",
         env=CHILD_PYTHON_ENV,
     )
-    ports = {name: free_port() for name in (OURS, NGINX, FASTAPI, BARE)}
-    ours = sora2_server(workdir, ports[OURS], backend_url)
-    nginx_config = _nginx.write_config(workdir / "nginx", ports[NGINX], f"127.0.0.1:{backend_port}")
-    nginx = Server(NGINX, _nginx.command(nginx_config), SERVER_CPU, workdir / "nginx.console.log")
-    fastapi = Server(
-        FASTAPI,
-        python_module(
-            "bench._fastapi_httpx", "--port", str(ports[FASTAPI]), "--upstream", backend_url
-        ),
-        cpu=SERVER_CPU,
-        log_path=workdir / "fastapi-httpx.log",
-        env=CHILD_PYTHON_ENV,
-    )
-    bare = bare_server(workdir, ports[BARE], backend_url)
     targets = [Target(DIRECT, backend, f"{backend_url}/api/")]
-    targets += [
-        Target(server.name, server, f"http://127.0.0.1:{ports[server.name]}/api/proxy/")
-        for server in (ours, nginx, fastapi, bare)
-    ]
+    for make_proxy in PROXIES:
+        port = free_port()
+        server = make_proxy(workdir, port, backend_url)
+        targets.append(Target(server.name, server, proxy_base_url(port)))
     return backend, targets
+
+
+def proxy_base_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/api/proxy/"
 
 
 def sora2_server(workdir: Path, port: int, backend_url: str) -> Server:
@@ -219,6 +209,32 @@ def bare_server(workdir: Path, port: int, backend_url: str) -> Server:
         log_path=workdir / f"passthrough-{port}.log",
         env=CHILD_PYTHON_ENV,
     )
+
+
+def nginx_server(workdir: Path, port: int, backend_url: str) -> Server:
+    config = _nginx.write_config(
+        workdir / f"nginx-{port}", port, backend_url.removeprefix("http://")
+    )
+    return Server(NGINX, _nginx.command(config), SERVER_CPU, workdir / f"nginx-{port}.console.log")
+
+
+def fastapi_server(workdir: Path, port: int, backend_url: str) -> Server:
+    return Server(
+        FASTAPI,
+        python_module("bench._fastapi_httpx", "--port", str(port), "--upstream", backend_url),
+        cpu=SERVER_CPU,
+        log_path=workdir / f"fastapi-httpx-{port}.log",
+        env=CHILD_PYTHON_ENV,
+    )
+
+
+# Every proxy compared, in the tables' order: each builds its server on a port before a backend.
+PROXIES: tuple[Callable[[Path, int, str], Server], ...] = (
+    sora2_server,
+    nginx_server,
+    fastapi_server,
+    bare_server,
+)
 
 
 def production_web_env(workdir: Path, port: int, backend_url: str) -> dict[str, str]:
