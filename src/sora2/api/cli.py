@@ -13,7 +13,7 @@ from sora2.cli import CommandExit, Commands, settings_or_exit
 T = TypeVar("T")
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(commands: Commands) -> None:
     db = commands.add_parser("db", help="database migrations")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser("upgrade", help="apply pending migrations").set_defaults(
