@@ -13,15 +13,14 @@ import inspect
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench import PROFILE_ENV
+
 BENCH_DIR = Path(__file__).resolve().parent
 MODULE_SUFFIX = "_bench"
-
-# Set by `--profile`; benchmarks that can profile (proxy) read it instead of growing a new
-# parameter that every other module would have to accept.
-PROFILE_ENV = "SORA2_BENCH_PROFILE"
 
 
 def available_benchmarks() -> list[str]:
@@ -74,14 +73,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv, names)
     if args.profile:
         os.environ[PROFILE_ENV] = "1"
-    for name in args.names or names:
-        started = time.monotonic()
-        print(f"<!-- bench {name}: running -->", file=sys.stderr, flush=True)
-        section = load_runner(name)(args.quick)
-        print(section.rstrip() + "\n", flush=True)
-        elapsed = time.monotonic() - started
-        print(f"<!-- bench {name}: {elapsed:.1f} s -->", file=sys.stderr, flush=True)
+    failed = [name for name in args.names or names if not run_one(name, args.quick)]
+    if failed:
+        print(f"benchmarks that failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def run_one(name: str, quick: bool) -> bool:
+    """Run one benchmark and print its section; a failure is reported and the others still run."""
+    started = time.monotonic()
+    print(f"<!-- bench {name}: running -->", file=sys.stderr, flush=True)
+    try:
+        section = load_runner(name)(quick)
+    except (Exception, SystemExit) as error:
+        traceback.print_exc(file=sys.stderr)
+        print(f"## {name}: failed\n\n{type(error).__name__}: {error}\n", flush=True)
+        return False
+    print(section.rstrip() + "\n", flush=True)
+    elapsed = time.monotonic() - started
+    print(f"<!-- bench {name}: {elapsed:.1f} s -->", file=sys.stderr, flush=True)
+    return True
 
 
 if __name__ == "__main__":

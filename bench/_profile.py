@@ -86,6 +86,23 @@ def function_name(frame: str) -> str:
     return f"{match['function']} ({path})"
 
 
+def package_of(function: str) -> str:
+    """`f (sora2/proxy/_proxy.py)` -> `sora2/proxy`; `info (logging/__init__.py)` -> `logging`."""
+    path = function.rsplit(" (", 1)[-1].rstrip(")")
+    parts = path.split("/")
+    if len(parts) == 1:
+        return "python (other)"
+    depth = 2 if parts[0] == "sora2" and len(parts) > 2 else 1
+    return "/".join(parts[:depth])
+
+
+def by_package(counts: Counter[str]) -> Counter[str]:
+    packages: Counter[str] = Counter()
+    for function, count in counts.items():
+        packages[package_of(function)] += count
+    return packages
+
+
 def per_request_us(count: int, samples: Samples) -> float:
     if not samples.requests:
         return 0.0
@@ -115,6 +132,7 @@ def profile_section(samples: Samples) -> str:
         "",
     ]
     for title, counts in (
+        ("Own time by package (whose code the time is spent in)", by_package(samples.self_counts)),
         ("Own time (the function itself)", samples.self_counts),
         ("Inclusive time (with what it calls; start-up frames above the loop left out)",
          without_entry_frames(samples.inclusive_counts)),

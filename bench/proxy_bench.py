@@ -17,13 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench import _nginx, _noise
+from bench import PROFILE_ENV, _nginx, _noise
 from bench._backend import SMALL_JSON
+from bench._instructions import callgrind_available, count_instructions, instructions_section
 from bench._processes import Server, free_port, http_get
 from bench._profile import profile_section, record_profile
 from bench._wrk import Wrk, WrkResult
@@ -32,7 +33,6 @@ LOAD_CPU = 0
 SERVER_CPU = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-PROFILE_ENV = "SORA2_BENCH_PROFILE"
 MIB = 1024 * 1024
 # The children must import this checkout's bench and sora2, whatever the caller's cwd.
 CHILD_PYTHON_ENV = {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT)])}
@@ -53,10 +53,28 @@ class Plan:
     warmup_seconds: int
     download_bytes: int
     failfast_seconds: int
+    callgrind_warmup: int
+    callgrind_requests: int
 
 
-FULL = Plan(seconds=3, rounds=5, warmup_seconds=2, download_bytes=256 * MIB, failfast_seconds=2)
-QUICK = Plan(seconds=1, rounds=1, warmup_seconds=1, download_bytes=32 * MIB, failfast_seconds=1)
+FULL = Plan(
+    seconds=3,
+    rounds=5,
+    warmup_seconds=2,
+    download_bytes=256 * MIB,
+    failfast_seconds=2,
+    callgrind_warmup=100,
+    callgrind_requests=300,
+)
+QUICK = Plan(
+    seconds=1,
+    rounds=1,
+    warmup_seconds=1,
+    download_bytes=32 * MIB,
+    failfast_seconds=1,
+    callgrind_warmup=20,
+    callgrind_requests=50,
+)
 
 
 @dataclass
@@ -161,38 +179,62 @@ def build_servers(workdir: Path) -> tuple[Server, list[Target]]:
         log_path=workdir / "backend.log",
         env=CHILD_PYTHON_ENV,
     )
-    ports = {name: free_port() for name in (OURS, NGINX, FASTAPI, BARE)}
-    ours = Server(
+    targets = [Target(DIRECT, backend, f"{backend_url}/api/")]
+    for make_proxy in PROXIES:
+        port = free_port()
+        server = make_proxy(workdir, port, backend_url)
+        targets.append(Target(server.name, server, proxy_base_url(port)))
+    return backend, targets
+
+
+def proxy_base_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/api/proxy/"
+
+
+def sora2_server(workdir: Path, port: int, backend_url: str) -> Server:
+    return Server(
         OURS,
         python_module("sora2", "serve", "web"),
         cpu=SERVER_CPU,
-        log_path=workdir / "sora2-web.console.log",
-        env=production_web_env(workdir, ports[OURS], backend_url),
+        log_path=workdir / f"sora2-web-{port}.console.log",
+        env=production_web_env(workdir, port, backend_url),
     )
-    nginx_config = _nginx.write_config(workdir / "nginx", ports[NGINX], f"127.0.0.1:{backend_port}")
-    nginx = Server(NGINX, _nginx.command(nginx_config), SERVER_CPU, workdir / "nginx.console.log")
-    fastapi = Server(
-        FASTAPI,
-        python_module(
-            "bench._fastapi_httpx", "--port", str(ports[FASTAPI]), "--upstream", backend_url
-        ),
-        cpu=SERVER_CPU,
-        log_path=workdir / "fastapi-httpx.log",
-        env=CHILD_PYTHON_ENV,
-    )
-    bare = Server(
+
+
+def bare_server(workdir: Path, port: int, backend_url: str) -> Server:
+    return Server(
         BARE,
-        python_module("bench._passthrough", "--port", str(ports[BARE]), "--upstream", backend_url),
+        python_module("bench._passthrough", "--port", str(port), "--upstream", backend_url),
         cpu=SERVER_CPU,
-        log_path=workdir / "passthrough.log",
+        log_path=workdir / f"passthrough-{port}.log",
         env=CHILD_PYTHON_ENV,
     )
-    targets = [Target(DIRECT, backend, f"{backend_url}/api/")]
-    targets += [
-        Target(server.name, server, f"http://127.0.0.1:{ports[server.name]}/api/proxy/")
-        for server in (ours, nginx, fastapi, bare)
-    ]
-    return backend, targets
+
+
+def nginx_server(workdir: Path, port: int, backend_url: str) -> Server:
+    config = _nginx.write_config(
+        workdir / f"nginx-{port}", port, backend_url.removeprefix("http://")
+    )
+    return Server(NGINX, _nginx.command(config), SERVER_CPU, workdir / f"nginx-{port}.console.log")
+
+
+def fastapi_server(workdir: Path, port: int, backend_url: str) -> Server:
+    return Server(
+        FASTAPI,
+        python_module("bench._fastapi_httpx", "--port", str(port), "--upstream", backend_url),
+        cpu=SERVER_CPU,
+        log_path=workdir / f"fastapi-httpx-{port}.log",
+        env=CHILD_PYTHON_ENV,
+    )
+
+
+# Every proxy compared, in the tables' order: each builds its server on a port before a backend.
+PROXIES: tuple[Callable[[Path, int, str], Server], ...] = (
+    sora2_server,
+    nginx_server,
+    fastapi_server,
+    bare_server,
+)
 
 
 def production_web_env(workdir: Path, port: int, backend_url: str) -> dict[str, str]:
@@ -252,7 +294,10 @@ def measure_download(target: Target, plan: Plan) -> None:
          "-w", "%{http_code} %{size_download} %{speed_download}", url],
         capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip
-    status, size, speed = completed.stdout.split()
+    fields = completed.stdout.split()
+    if completed.returncode != 0 or len(fields) != 3:
+        raise RuntimeError(f"{target.name}: curl failed on {url}: {completed.stderr.strip()}")
+    status, size, speed = fields
     if status != "200" or int(size) != plan.download_bytes:
         raise RuntimeError(f"{target.name}: download gave HTTP {status}, {size} bytes")
     growth = max(0, target.server.peak_rss() - baseline)
@@ -304,15 +349,8 @@ def run_all(workdir: Path, plan: Plan, profile: bool) -> tuple[list[Target], str
             with placed(backend, target):
                 measure_download(target, plan)
         if profile:
-            ours = next(target for target in proxies if target.name == OURS)
-            progress("profiling sora2 proxy with py-spy")
-            samples = record_profile(
-                ours.server.pid,
-                lambda: wrk.run(ours.small_url, 64, plan.seconds).requests,
-                RESULTS_DIR,
-                LOAD_CPU,
-            )
-            profile_markdown = profile_section(samples)
+            backend_url = targets[0].base_url.removesuffix("/api/")
+            profile_markdown = profile_proxy(wrk, workdir, backend_url, proxies, plan)
         backend.stop()
         for target in proxies:
             target.result.failfast_status = open_circuit(target)
@@ -321,6 +359,63 @@ def run_all(workdir: Path, plan: Plan, profile: bool) -> tuple[list[Target], str
             for target in proxies:
                 measure_failfast(wrk, target, plan)
     return targets, profile_markdown
+
+
+def profile_proxy(
+    wrk: Wrk, workdir: Path, backend_url: str, proxies: list[Target], plan: Plan
+) -> str:
+    """py-spy on our proxy under load, then instructions per request for ours and the floor."""
+    ours = next(target for target in proxies if target.name == OURS)
+    progress("profiling sora2 proxy with py-spy")
+    samples = record_profile(
+        ours.server.pid,
+        lambda: wrk.run(ours.small_url, 64, plan.seconds).requests,
+        RESULTS_DIR,
+        LOAD_CPU,
+    )
+    sections = [profile_section(samples)]
+    if not callgrind_available():
+        sections.append(
+            "Instructions per request: valgrind is not installed (apt install valgrind)."
+        )
+        return "\n".join(sections)
+    counts = []
+    for port, server in cost_ladder(workdir, backend_url):
+        progress(f"counting instructions of {server.name} under callgrind")
+        counts.append(
+            count_instructions(
+                server,
+                port,
+                "/api/proxy/bench/small",
+                plan.callgrind_warmup,
+                plan.callgrind_requests,
+            )
+        )
+    sections.append(instructions_section(counts))
+    return "\n".join(sections)
+
+
+def cost_ladder(workdir: Path, backend_url: str) -> list[tuple[int, Server]]:
+    """From the bare pass-through up to production, one layer at a time, each on a fresh port."""
+    ports = [free_port() for _ in range(4)]
+    proxy_only = Server(
+        "sora2 proxy alone on a bare app, no logging",
+        python_module("bench._proxy_only", "--port", str(ports[1]), "--upstream", backend_url),
+        cpu=SERVER_CPU,
+        log_path=workdir / f"proxy-only-{ports[1]}.log",
+        env=CHILD_PYTHON_ENV,
+    )
+    quiet = sora2_server(workdir, ports[2], backend_url)
+    quiet.name = "sora2 serve web without the access log (LOG_LEVEL=WARNING)"
+    quiet.env = {**quiet.env, "LOG_LEVEL": "WARNING"}
+    production = sora2_server(workdir, ports[3], backend_url)
+    production.name = "sora2 serve web as in production (the table's sora2 proxy)"
+    return [
+        (ports[0], bare_server(workdir, ports[0], backend_url)),
+        (ports[1], proxy_only),
+        (ports[2], quiet),
+        (ports[3], production),
+    ]
 
 
 def progress(message: str) -> None:

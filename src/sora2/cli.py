@@ -10,8 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TypeAlias
 
 from sora2.settings import Settings, SettingsError, load_settings
+
+# What each domain's `register(commands)` receives (a string: argparse's class is not generic at
+# runtime on Python 3.11).
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 class CommandExit(Exception):
@@ -47,19 +52,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _register_serve(commands: Commands) -> None:
     serve = commands.add_parser("serve", help="run one service in the foreground")
     serve.add_argument("service", choices=["api", "web", "worker"])
     serve.set_defaults(handler=_serve)
 
 
-def _register_api(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _register_api(commands: Commands) -> None:
     from sora2.api.cli import register
 
     register(commands)
 
 
-def _register_devstack(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _register_devstack(commands: Commands) -> None:
     from sora2.devstack.cli import register
 
     register(commands)

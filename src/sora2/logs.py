@@ -191,6 +191,16 @@ _flusher = _Flusher()
 atexit.register(_flusher.flush_all)
 
 
+def _skip_unused_record_fields() -> None:
+    """Stop collecting what `LOG_FORMAT` never prints: the caller's file and line (a stack walk
+    per record), thread, process and multiprocessing names. A third off every log call (19 → 13 µs
+    per access line on this machine), and the proxy makes one per request."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def configure_logging(service: str, *, level: str = "INFO", log_dir: Path | None = None) -> None:
     """Route the root logger to stderr and, when `log_dir` is given, to the service's files."""
     handlers: list[logging.Handler] = [BufferedStreamHandler(sys.stderr)]
@@ -203,6 +213,7 @@ def configure_logging(service: str, *, level: str = "INFO", log_dir: Path | None
             handlers.append(
                 BufferedRotatingFileHandler(log_dir / name, file_level, MAX_LOG_BYTES, LOG_BACKUPS)
             )
+    _skip_unused_record_fields()
     formatter = _OnceFormatter()
     request_ids = _RequestIdFilter()
     root = logging.getLogger()

@@ -30,3 +30,19 @@ def test_own_and_inclusive_time_per_function(tmp_path: Path) -> None:
     inclusive = section.split("Inclusive time", 1)[1]
     assert "main (sora2/cli.py)" not in inclusive
     assert "`handle (sora2/proxy/_proxy.py)` | 90.0%" in inclusive
+
+
+def test_own_time_adds_up_by_package(tmp_path: Path) -> None:
+    raw = tmp_path / "profile.txt"
+    raw.write_text(
+        "run (/v/lib/python3.11/site-packages/aiohttp/web.py:1);"
+        "handle (/x/src/sora2/proxy/_proxy.py:10) 30\n"
+        "run (/v/lib/python3.11/site-packages/aiohttp/web.py:1);"
+        "info (/usr/lib/python3.11/logging/__init__.py:5) 20\n"
+        "run (/v/lib/python3.11/site-packages/aiohttp/web.py:1) 50\n"
+    )
+    section = profile_section(parse_collapsed(raw, requests=1))
+    by_package = section.split("Own time by package", 1)[1].split("Own time (", 1)[0]
+    assert "| `aiohttp` | 50.0% |" in by_package
+    assert "| `sora2/proxy` | 30.0% |" in by_package
+    assert "| `logging` | 20.0% |" in by_package

@@ -55,3 +55,17 @@ def test_unknown_name_is_refused_with_the_available_ones(sample_benchmark: str) 
     assert result.returncode == 2
     assert "unknown benchmark no-such-bench" in result.stderr
     assert sample_benchmark in result.stderr
+
+
+def test_a_failing_benchmark_is_reported_and_the_others_still_run(sample_benchmark: str) -> None:
+    broken = BENCH_DIR / "zz_runner_broken_bench.py"
+    broken.write_text("def run(quick: bool) -> str:\n    raise RuntimeError('wrk is missing')\n")
+    try:
+        result = run_bench("zz_runner_broken", sample_benchmark)
+    finally:
+        broken.unlink()
+    assert result.returncode == 1
+    assert "## zz_runner_broken: failed" in result.stdout
+    assert "RuntimeError: wrk is missing" in result.stdout
+    assert "## Sample" in result.stdout
+    assert "benchmarks that failed: zz_runner_broken" in result.stderr

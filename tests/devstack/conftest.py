@@ -117,6 +117,7 @@ class DevStack:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.started: dict[int, psutil.Process] = {}
+        self.watch_root: Path | None = None
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -214,6 +215,26 @@ def start_stack(stacks: list[DevStack], tmp_path: Path) -> Any:
         return stack
 
     return start
+
+
+@pytest.fixture(scope="session")
+def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    """One healthy stack for the tests that only look at it (or disturb it and wait for recovery).
+
+    Starting a stack costs seconds on a busy machine; tests that end or break a stack start
+    their own. It reloads on changes under its own scratch `src/` (`watch_root`).
+    """
+    folder = tmp_path_factory.mktemp("shared-stack")
+    watch_root = folder / "src"
+    (watch_root / "api").mkdir(parents=True)
+    (watch_root / "web").mkdir()
+    stack = DevStack(folder, "--watch-root", str(watch_root))
+    stack.watch_root = watch_root
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.close()
 
 
 class Listener:

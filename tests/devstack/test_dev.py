@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 
-from tests.devstack.conftest import READY, Listener, get, is_gone, wait_until
+from tests.devstack.conftest import READY, DevStack, Listener, get, is_gone, wait_until
 
 
 def proxy_health(web_port: int) -> int:
@@ -22,10 +22,10 @@ def proxy_health(web_port: int) -> int:
     return status
 
 
-def test_stack_comes_up_and_the_page_reaches_the_api_through_the_proxy(start_stack: Any) -> None:
-    stack = start_stack("--no-reload")
-    stack.wait_ready()
-
+def test_stack_comes_up_and_the_page_reaches_the_api_through_the_proxy(
+    shared_stack: DevStack,
+) -> None:
+    stack = shared_stack
     status, body = get(f"http://127.0.0.1:{stack.web_port}/api/proxy/health")
     assert status == 200
     assert json.loads(body)["status"] == "ok"
@@ -40,23 +40,18 @@ def test_stack_comes_up_and_the_page_reaches_the_api_through_the_proxy(start_sta
 
 
 def test_every_line_is_prefixed_and_kept_in_a_transcript_per_service(
-    start_stack: Any, tmp_path: Path
+    shared_stack: DevStack,
 ) -> None:
-    stack = start_stack("--no-reload")
-    stack.wait_ready()
+    stack = shared_stack
     stack.wait_for(r"^web \| .*web listening on")
     stack.wait_for(r"^api \| .*Uvicorn running")
     assert "\x1b[" not in stack.output  # not a terminal: no colour codes
-    assert stack.interrupt() == 0
-
-    second = start_stack("--no-reload", api_port=stack.api_port, web_port=stack.web_port)
-    second.wait_ready()
-    second.wait_for(r"^api \| .*Uvicorn running")
-    transcript = (tmp_path / "logs" / "dev" / "api.log").read_text()
-    # Appended, not truncated: one start marker per run, each followed by that run's lines.
-    assert transcript.count("===== ") == 2
-    assert transcript.count("Uvicorn running") == 2
-    assert "sora2 dev api web" in transcript
+    transcript = stack.folder / "logs" / "dev" / "api.log"
+    wait_until(
+        lambda: "Uvicorn running" in transcript.read_text(), timeout=10, what="the transcript"
+    )
+    assert transcript.read_text().startswith("===== ")
+    assert "sora2 dev api web" in transcript.read_text().splitlines()[0]
 
 
 def test_ctrl_c_stops_web_then_api_and_leaves_no_process_behind(start_stack: Any) -> None:
@@ -71,15 +66,6 @@ def test_ctrl_c_stops_web_then_api_and_leaves_no_process_behind(start_stack: Any
     output = stack.output
     assert output.index("stopping web") < output.index("stopping api") < output.index("stopped")
     assert json.loads((stack.folder / "data" / "devstack.json").read_text())["runs"] == []
-
-
-def test_sigterm_stops_the_stack_like_ctrl_c(start_stack: Any) -> None:
-    stack = start_stack("--no-reload")
-    stack.wait_ready()
-    started = dict(stack.started)
-    stack.process.send_signal(signal.SIGTERM)
-    assert stack.process.wait(timeout=30) == 0
-    assert all(is_gone(process) for process in started.values())
 
 
 def test_a_port_held_by_a_foreign_process_is_left_alone_and_the_stack_moves(
@@ -130,11 +116,13 @@ def test_an_earlier_dev_of_this_checkout_is_stopped_gracefully(start_stack: Any)
     # Same ports as asked: nothing had to move.
     assert "instead" not in second.output
     assert proxy_health(second.web_port) == 200
+    # The transcript was appended to, not truncated: one start marker per run.
+    transcript = (second.folder / "logs" / "dev" / "api.log").read_text()
+    assert transcript.count("===== ") == 2
 
 
-def test_a_killed_api_is_restarted_and_the_proxy_recovers(start_stack: Any) -> None:
-    stack = start_stack("--no-reload")
-    stack.wait_ready()
+def test_a_killed_api_is_restarted_and_the_proxy_recovers(shared_stack: DevStack) -> None:
+    stack = shared_stack
     api_pid = stack.service_pid("api")
     assert api_pid is not None
     mark = len(stack.lines)
@@ -150,7 +138,7 @@ def test_a_killed_api_is_restarted_and_the_proxy_recovers(start_stack: Any) -> N
 
 
 def test_repeated_crashes_stop_the_stack_with_an_explanation(start_stack: Any) -> None:
-    stack = start_stack("--no-reload")
+    stack = start_stack("api", "--no-reload")  # the web would only add start-up time
     stack.wait_ready()
     killed: set[int] = set()
 
@@ -218,16 +206,14 @@ def test_an_api_that_never_answers_is_reported_after_the_timeout(
     assert stack.leftovers() == []
 
 
-def test_a_code_change_reloads_only_the_affected_service(start_stack: Any, tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    (source / "api").mkdir(parents=True)
-    (source / "web").mkdir()
-    stack = start_stack("--watch-root", str(source))
-    stack.wait_ready()
+def test_a_code_change_reloads_only_the_affected_service(shared_stack: DevStack) -> None:
+    stack = shared_stack
+    assert stack.watch_root is not None
+    wait_until(lambda: proxy_health(stack.web_port) == 200, timeout=15, what="a healthy stack")
     api_pid, web_pid = stack.service_pid("api"), stack.service_pid("web")
     mark = len(stack.lines)
 
-    changed = source / "api" / "routes.py"
+    changed = stack.watch_root / "api" / "routes.py"
     for attempt in range(5):
         # Saved again if unnoticed: on a slow machine the watcher may still be arming.
         changed.write_text(f"CHANGED = {attempt}\n")
@@ -240,4 +226,17 @@ def test_a_code_change_reloads_only_the_affected_service(start_stack: Any, tmp_p
     assert stack.service_pid("api") not in (None, api_pid)
     assert stack.service_pid("web") == web_pid
     assert psutil.pid_exists(web_pid or 0)
-    assert proxy_health(stack.web_port) == 200
+    # The web kept running; its proxy finds the new api by itself.
+    wait_until(lambda: proxy_health(stack.web_port) == 200, timeout=15, what="proxy recovery")
+
+
+def test_the_web_alone_proxies_to_an_api_started_elsewhere(
+    start_stack: Any, shared_stack: DevStack
+) -> None:
+    api_url = f"http://127.0.0.1:{shared_stack.api_port}"
+    stack = start_stack("web", "--no-reload", env={"API_URL": api_url})
+    stack.wait_ready()
+
+    assert f"the api is not started here; the web proxies to API_URL={api_url}" in stack.output
+    assert "api ready" not in stack.output
+    wait_until(lambda: proxy_health(stack.web_port) == 200, timeout=15, what="the proxied api")

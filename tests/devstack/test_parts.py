@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import socket
@@ -11,6 +12,7 @@ import pytest
 
 from sora2.devstack import ports
 from sora2.devstack.console import Console, Transcript
+from sora2.devstack.readiness import probe
 from sora2.devstack.reload import services_affected
 from sora2.devstack.runs import ProcessRecord, RunFile, RunRecord, ServiceRecord
 from sora2.devstack.supervise import CrashPolicy
@@ -149,3 +151,43 @@ def test_a_host_that_is_not_ours_is_named_as_the_problem() -> None:
     problem = ports.bind_problem("192.0.2.1")  # TEST-NET-1: never an address of this machine
     assert problem is not None
     assert "192.0.2.1" in problem
+
+
+async def _serve_bytes(reply: bytes) -> asyncio.Server:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (b'HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{"status":"ok"}', "HTTP 200"),
+        (b'HTTP/1.1 503 Service Unavailable\r\n\r\n{"database":"down"}', "HTTP 503"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "not an HTTP response"),
+        (b"HTTP/1.1 200", "closed before a complete HTTP response"),
+    ],
+)
+async def test_the_health_probe_says_what_answered(reply: bytes, expected: str) -> None:
+    server = await _serve_bytes(reply)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        answer = await probe(f"http://127.0.0.1:{port}/api/health")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert expected in answer.describe()
+    assert answer.ready == (expected == "HTTP 200")
+
+
+async def test_the_health_probe_names_a_refused_connection() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    answer = await probe(f"http://127.0.0.1:{port}/healthz")
+    assert answer.status is None
+    assert "Connection refused" in answer.describe()

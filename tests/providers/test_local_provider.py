@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from sora2.api.providers.base import (
     ProviderError,
     ProviderJob,
 )
-from sora2.api.providers.local import JobFolder, LocalProvider
+from sora2.api.providers.local import JobFolder, LocalProvider, spec_from_request
+from sora2.api.providers.render import THUMBNAIL_AT
 from sora2.settings import load_settings
 from tests.fakes.servers import serving
 
@@ -101,6 +103,10 @@ async def test_renders_a_browser_playable_h264_mp4_of_the_exact_size_and_length(
     with Image.open(thumbnail) as image:
         assert image.format == "JPEG"
         assert abs(image.width / image.height - 16 / 9) < 0.01
+        # It shows the clip: the frame it was taken from, scaled down, looks the same.
+        shown = frames[int(len(frames) * THUMBNAIL_AT)]
+        scaled = Image.fromarray(shown).resize(image.size, Image.Resampling.LANCZOS)
+        assert np.abs(np.asarray(image, dtype=int) - np.asarray(scaled)).mean() < 6
 
 
 async def test_portrait_clip_and_thumbnail_keep_their_orientation(
@@ -179,7 +185,7 @@ from sora2.api.providers.local import LocalProvider
 
 async def main():
     provider = LocalProvider(Path(sys.argv[1]))
-    job_id = await provider.start(GenerationRequest("crash test", "sora-2", 8, "1280x720"))
+    job_id = await provider.start(GenerationRequest("crash test", "sora-2", 12, "640x360"))
     while (await provider.status(job_id)).progress == 0:
         await asyncio.sleep(0.01)
     print(job_id, flush=True)
@@ -418,3 +424,45 @@ async def test_chromium_plays_the_video_and_shows_the_thumbnail(
     assert played["duration"] == pytest.approx(4.0, abs=1 / 24)
     assert played["time"] >= 0.5
     assert thumb_width == 320
+
+
+async def test_a_renderer_error_fails_the_job_with_a_message_free_of_server_paths(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "local-provider"
+    # A job left by a process that died before rendering, whose renderer cannot write its output:
+    # a directory sits where the file must go.
+    job_id = f"local-{uuid.uuid4().hex}"
+    folder = JobFolder(root / job_id)
+    folder.create(spec_from_request(request()))
+    folder.partial_video.mkdir()
+
+    provider = LocalProvider(root)
+    try:
+        job = (await wait_until_final(provider, job_id))[-1]
+    finally:
+        await provider.close()
+    assert (job.status, job.error_code) == ("failed", "render_failed")
+    assert str(tmp_path) not in (job.error_message or "")
+    assert "IsADirectoryError" in folder.log_file.read_text()
+
+
+async def test_providers_in_different_processes_share_the_render_slots(tmp_path: Path) -> None:
+    root = tmp_path / "local-provider"
+    first, second = LocalProvider(root, max_parallel=1), LocalProvider(root, max_parallel=1)
+    try:
+        busy = await first.start(request("1280x720", 12))
+        await wait_until_started(first, busy)
+        waiting = await second.start(request())
+        waiting_folder = JobFolder(root / waiting)
+
+        # Its render process is up and holds the job, but the one slot is taken: it waits.
+        await wait_for(waiting_folder.is_being_rendered, "the second render process started")
+        assert (await second.status(waiting)).status == "queued"
+        assert (await first.status(busy)).status == "in_progress"
+
+        await first.cancel(busy)  # frees the slot
+        assert (await wait_until_final(second, waiting))[-1].status == "completed"
+    finally:
+        await first.close()
+        await second.close()

@@ -8,12 +8,12 @@ import json
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from sora2.cli import CommandExit, settings_or_exit
+from sora2.cli import CommandExit, Commands, settings_or_exit
 
 T = TypeVar("T")
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(commands: Commands) -> None:
     db = commands.add_parser("db", help="database migrations")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser("upgrade", help="apply pending migrations").set_defaults(

@@ -7,7 +7,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sora2.cli import CommandExit, settings_or_exit
+from sora2.cli import CommandExit, Commands, settings_or_exit
 from sora2.devstack.console import wants_colour
 from sora2.devstack.launcher import SERVICES, LaunchError, LaunchOptions, launch
 
@@ -39,7 +39,7 @@ def _dev(args: argparse.Namespace) -> int:
         raise CommandExit(str(error), 1) from None
 
 
-def _register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _register_dev(commands: Commands) -> None:
     dev = commands.add_parser(
         "dev",
         help="run the api (with its worker) and the web for development, supervised",
@@ -95,7 +95,7 @@ def _doctor(args: argparse.Namespace) -> int:
     return 1 if has_problems(findings) else 0
 
 
-def _register_doctor(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _register_doctor(commands: Commands) -> None:
     doctor = commands.add_parser(
         "doctor",
         help="check ports, api, database, settings, folders; exit 1 with fixes for problems",
@@ -104,6 +104,6 @@ def _register_doctor(commands: argparse._SubParsersAction[argparse.ArgumentParse
     doctor.set_defaults(handler=_doctor)
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(commands: Commands) -> None:
     _register_dev(commands)
     _register_doctor(commands)

@@ -72,9 +72,18 @@ def launch(settings: Settings, options: LaunchOptions) -> int:
     run_file = RunFile(settings.data_dir)
     try:
         console.mark_start(f"sora2 dev {' '.join(options.services)} (PID {os.getpid()})")
+        if not settings.is_development:
+            console.say(
+                f"APP_ENV={settings.app_env} is set, but sora2 dev always runs the services in "
+                "development; for production use sora2 serve api|web|worker"
+            )
         choices = _choose_ports(settings, options, run_file, console)
         specs = _service_specs(settings, options, choices, console)
         return asyncio.run(_run(settings, specs, options, console, run_file, started_at))
+    except KeyboardInterrupt:
+        # Ctrl-C before the services started (while ports were checked): nothing to stop.
+        console.say("interrupted")
+        return 130
     finally:
         console.close()
 
@@ -161,7 +170,12 @@ def _move_port(
     options: LaunchOptions,
     console: Console,
 ) -> int:
-    who = holder.describe() if holder is not None else "another service of this stack"
+    if port in taken:
+        who = "the other service of this stack (API_PORT and WEB_PORT are equal)"
+    elif holder is None:
+        who = "a socket whose owner could not be found (bound but not listening?)"
+    else:
+        who = holder.describe()
     variable = f"{service.upper()}_PORT"
     if options.strict_ports:
         raise LaunchError(
@@ -196,7 +210,6 @@ def _service_specs(
         env = dict(base)
         if service == "api":
             env.update(API_HOST=choice.host, API_PORT=str(choice.port))
-            env.setdefault("API_EMBEDDED_WORKER", "1")  # the worker runs inside the api in dev
             if "web" in choices:
                 env["FRONTEND_URL"] = _frontend_url(settings, choices["web"], console)
         else:
@@ -308,7 +321,7 @@ def _current_run(run_file: RunFile) -> RunRecord:
 def _handle_stop_signals(
     stop: asyncio.Event, supervisors: Sequence[Supervisor], console: Console
 ) -> None:
-    """First Ctrl-C/SIGTERM: stop in order, gracefully. Second: kill everything at once."""
+    """First Ctrl-C/SIGTERM/SIGHUP: stop in order, gracefully. Second: kill everything at once."""
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: signal.Signals) -> None:
@@ -320,7 +333,8 @@ def _handle_stop_signals(
         for supervisor in supervisors:
             supervisor.kill_now()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP: the terminal was closed; stop as gracefully as for Ctrl-C.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, on_signal, signum)
 
 

@@ -94,7 +94,7 @@ def command_of(pid: int) -> str:
     with contextlib.suppress(psutil.Error):
         parts = psutil.Process(pid).cmdline()
         if parts:
-            text = " ".join(parts)
+            text = " ".join(" ".join(parts).split())  # one line, even for `python -c` code
             return text if len(text) <= 120 else text[:117] + "..."
     return "command unknown"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 from urllib.parse import urlsplit
 
@@ -55,7 +56,9 @@ async def probe(url: str) -> Probe:
     except TimeoutError:
         return Probe(None, f"no answer within {ATTEMPT_TIMEOUT:g} s")
     except OSError as error:
-        return Probe(None, f"cannot connect ({error.strerror or type(error).__name__})")
+        # asyncio words a refusal as "Connect call failed (…)"; the errno says it plainly.
+        reason = os.strerror(error.errno) if error.errno else type(error).__name__
+        return Probe(None, f"cannot connect ({reason})")
 
 
 async def _read_response(reader: asyncio.StreamReader) -> Probe:

@@ -1,8 +1,8 @@
 """The server-rendered pages: one Jinja2 template each, filled in by a small ES module.
 
 Pages carry no user data of their own: the browser fetches everything through `/api/proxy/…`
-with the session cookie, which the page server never sees (the api sets it with a path under the
-proxy). What a script needs from the server (the video id, the price table, the choices the api
+with the session cookie (HttpOnly, set by the api), which the page server never reads. What a
+script needs from the server (the video id, the price table, the choices the api
 accepts) travels in `data-*` attributes, because the Content-Security-Policy forbids inline
 scripts.
 """
@@ -30,9 +30,6 @@ MODELS = ("sora-2", "sora-2-pro")
 SECONDS = (4, 8, 12)
 SIZES = ("1280x720", "720x1280", "1024x1792", "1792x1024")
 PROMPT_MAX_CHARS = 2000
-# Credits per second of video, by model: what the generate page shows before submitting.
-# The api charges; this only has to agree with it, and the api's 402 says the real figure.
-CREDITS_PER_SECOND = {"sora-2": 1, "sora-2-pro": 3}
 
 _CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -92,14 +89,16 @@ class PageRenderer:
         self,
         environment: jinja2.Environment,
         version: str,
-        credits_per_second: dict[str, int] | None = None,
         *,
+        credits_per_second: dict[str, int],
+        signup_credits: int,
         cache: bool = True,
     ) -> None:
         self.environment = environment
         self.cache = cache
         self.version = version
-        self.credits_per_second = credits_per_second or CREDITS_PER_SECOND
+        self.credits_per_second = credits_per_second
+        self.signup_credits = signup_credits
         self.choices = json.dumps(
             {
                 "models": list(MODELS),
@@ -107,6 +106,7 @@ class PageRenderer:
                 "sizes": list(SIZES),
                 "creditsPerSecond": self.credits_per_second,
                 "promptMaxChars": PROMPT_MAX_CHARS,
+                "signupCredits": signup_credits,
             }
         )
         self._rendered: dict[str, str] = {}
@@ -141,6 +141,7 @@ class PageRenderer:
             sizes=SIZES,
             prompt_max=PROMPT_MAX_CHARS,
             credits_per_second=self.credits_per_second,
+            signup_credits=self.signup_credits,
             **context,
         )
 
@@ -194,9 +195,15 @@ async def _static_file(request: web.Request) -> web.StreamResponse:
 
 
 def add_pages(app: web.Application, settings: Settings) -> None:
-    # In development a template edit shows on the next request; elsewhere pages render once.
     app[RENDERER_KEY] = PageRenderer(
-        create_environment(), static_version(), cache=not settings.is_development
+        create_environment(),
+        static_version(),
+        # The same settings the api charges by; the generate page also prefers the table the
+        # api sends with the balance, should the two processes be configured apart.
+        credits_per_second=dict(settings.video_prices),
+        signup_credits=settings.signup_credits,
+        # In development a template edit shows on the next request; elsewhere pages render once.
+        cache=not settings.is_development,
     )
     app[STATIC_FILES_KEY] = static_files()
     for path, page in PAGES.items():

@@ -12,7 +12,7 @@ it cannot hold the api's GIL or starve its event loop, it runs at a lower schedu
 can be stopped at once by a signal, a crash inside a C library cannot take the api down, and a
 render in flight finishes even when the api process that started it is killed.
 
-`python -m sora2.api.providers.local <job folder>` is that child.
+`python -m sora2.api.providers.local <job folder> [render slots]` is that child.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -54,6 +54,7 @@ MAX_RENDER_ATTEMPTS = 3  # renders that died without finishing (a shutdown does 
 MIN_SIDE, MAX_SIDE = 16, 4096
 MIN_SECONDS, MAX_SECONDS = 1, 60
 STOP_GRACE_SECONDS = 5.0
+SLOT_POLL_SECONDS = 0.05
 RENDER_NICENESS = 10  # the api and the worker stay responsive while a clip renders
 # Finished job folders are removed this long after their verdict: the worker has copied the files
 # long before, and a user deleting a video must get the disk space back eventually.
@@ -74,7 +75,13 @@ class JobSpec:
 
     @property
     def scene(self) -> Scene:
-        return Scene(prompt=self.prompt, width=self.width, height=self.height, seconds=self.seconds)
+        return Scene(
+            prompt=self.prompt,
+            width=self.width,
+            height=self.height,
+            seconds=self.seconds,
+            caption=f"{self.model} · rendered locally",
+        )
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -191,8 +198,9 @@ class JobFolder:
             os.close(descriptor)
 
     def remove_partial_files(self) -> None:
-        self.partial_video.unlink(missing_ok=True)
-        self.partial_thumbnail.unlink(missing_ok=True)
+        for partial in (self.partial_video, self.partial_thumbnail):
+            with contextlib.suppress(OSError):  # best effort: the next render overwrites them
+                partial.unlink(missing_ok=True)
 
 
 class LocalProvider:
@@ -209,8 +217,7 @@ class LocalProvider:
     ) -> None:
         self.root = root
         self.retention_seconds = retention_seconds
-        # x264 already uses every core, so one render per two cores keeps the machine responsive.
-        self.max_parallel = max_parallel or max(1, (os.cpu_count() or 2) // 2)
+        self.max_parallel = max_parallel or default_parallelism()
         self._slots = asyncio.Semaphore(self.max_parallel)
         self._renders: dict[str, asyncio.Task[None]] = {}
         self._processes: dict[str, asyncio.subprocess.Process] = {}
@@ -273,10 +280,10 @@ class LocalProvider:
             # Unfinished, and nobody is on it: the process that rendered it died. Start again.
             logger.info("local render %s has no renderer; rendering it again", job_id)
             self._schedule(job_id)
-        progress = folder.progress()
-        started = rendering or progress > 0
+        # The progress file appears once a render has a slot; before that the job waits its turn.
+        started = folder.progress_file.exists()
         return ProviderJob(
-            id=job_id, status="in_progress" if started else "queued", progress=progress
+            id=job_id, status="in_progress" if started else "queued", progress=folder.progress()
         )
 
     async def download(self, job_id: str, video: Path, thumbnail: Path) -> None:
@@ -359,29 +366,31 @@ class LocalProvider:
         async with self._slots:
             if folder.state() != "pending":
                 return
-            with folder.log_file.open("ab") as log:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    __name__,
-                    str(folder.path),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    # Its own session: a Ctrl-C meant for the api reaches the renders only through
-                    # `close()`, which lets them count the stop as a shutdown, not a crash.
-                    start_new_session=True,
-                )
-            self._processes[job_id] = process
             try:
-                code = await process.wait()
+                process = await _spawn_renderer(folder, self.max_parallel)
+            except OSError as error:
+                # Out of processes or file handles: the job stays pending, the next poll retries.
+                logger.error("cannot start the local render of %s: %s", job_id, error.strerror)
+                return
+            self._processes[job_id] = process
+            started = time.monotonic()
+            try:
+                await process.wait()
             finally:
                 self._processes.pop(job_id, None)
-        if self._closed:
-            return
-        if folder.state() == "failed":
+        if not self._closed:
+            self._log_outcome(job_id, folder, process, time.monotonic() - started)
+
+    @staticmethod
+    def _log_outcome(
+        job_id: str, folder: JobFolder, process: asyncio.subprocess.Process, seconds: float
+    ) -> None:
+        state, code = folder.state(), process.returncode
+        if state == "completed" and folder.renderer_pid() == process.pid:
+            logger.info("local render %s completed in %.1f s", job_id, seconds)
+        elif state == "failed":
             logger.warning("local render %s failed: %s", job_id, folder.failure()[0])
-        elif folder.state() == "pending" and code != 0:
+        elif state == "pending" and code != 0:
             # Died without a verdict (killed, out of memory): the next `status` renders it again.
             logger.warning("local render %s stopped with exit code %s", job_id, code)
 
@@ -403,17 +412,47 @@ class LocalProvider:
                 await task
 
 
+def default_parallelism() -> int:
+    """x264 already uses every core, so one render per two cores keeps the machine responsive."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+async def _spawn_renderer(folder: JobFolder, slots: int) -> asyncio.subprocess.Process:
+    with folder.log_file.open("ab") as log:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            __name__,
+            str(folder.path),
+            str(slots),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            # Its own session: a Ctrl-C meant for the api reaches the renders only through
+            # `close()`, which lets them count the stop as a shutdown, not a crash.
+            start_new_session=True,
+        )
+
+
 def remove_finished_jobs(root: Path, finished_before: float) -> int:
     """Delete job folders whose verdict is older than `finished_before`; how many went."""
     removed = 0
-    for path in root.iterdir():
-        folder = JobFolder(path)
-        if not JOB_ID_PATTERN.fullmatch(path.name) or folder.is_being_rendered():
+    try:
+        paths = list(root.iterdir())
+    except FileNotFoundError:
+        return 0
+    for path in paths:
+        if not JOB_ID_PATTERN.fullmatch(path.name):
             continue
-        finished_at = folder.finished_at()
-        if finished_at is not None and finished_at < finished_before:
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
+        try:
+            folder = JobFolder(path)
+            finished_at = folder.finished_at()
+            if finished_at is None or finished_at >= finished_before or folder.is_being_rendered():
+                continue
+        except OSError:
+            continue  # removed by another process's sweep meanwhile
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
     if removed:
         logger.info("removed %d finished local render folders", removed)
     return removed
@@ -493,6 +532,7 @@ class ProgressFile:
     def __init__(self, folder: JobFolder) -> None:
         self.folder = folder
         self.written = folder.progress()
+        folder.write_progress(self.written)  # from now on the job is in progress
 
     def __call__(self, done: int, total: int) -> None:
         percent = done * 99 // total  # 100 means the files are in place, not just encoded
@@ -501,7 +541,36 @@ class ProgressFile:
             self.written = percent
 
 
-def render_job(folder: JobFolder) -> int:
+@contextlib.contextmanager
+def render_slot(root: Path, slots: int, stop: Callable[[], bool]) -> Iterator[bool]:
+    """Take one of `slots` render slots shared by every process rendering under `root`.
+
+    Each provider limits its own renders, but several worker processes on one machine each have
+    one: the slots (a lock file each) keep their renders together to the same limit. Yields
+    whether a slot was taken: False when told to stop while waiting for one.
+    """
+    descriptors = [
+        os.open(root / f".render-slot-{index}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        for index in range(slots)
+    ]
+    try:
+        while not stop():
+            for descriptor in descriptors:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                yield True  # closing the descriptor below releases the slot
+                return
+            # Polled rather than blocking in flock, so a cancel is noticed while queued.
+            time.sleep(SLOT_POLL_SECONDS)
+        yield False
+    finally:
+        for descriptor in descriptors:
+            os.close(descriptor)
+
+
+def render_job(folder: JobFolder, slots: int) -> int:
     """Render one job folder to completion unless someone else already is; the exit code."""
     with folder.render_lock() as acquired:
         if not acquired or folder.state() != "pending":
@@ -516,13 +585,18 @@ def render_job(folder: JobFolder) -> int:
         signal.signal(signal.SIGTERM, stop.on_signal)
         signal.signal(signal.SIGINT, stop.on_signal)
         try:
-            render_clip(
-                folder.read_spec().scene,
-                folder.partial_video,
-                folder.partial_thumbnail,
-                on_progress=ProgressFile(folder),
-                should_stop=stop,
-            )
+            with render_slot(folder.path.parent, slots, stop) as got_slot:
+                if not got_slot:
+                    raise RenderStopped
+                render_clip(
+                    folder.read_spec().scene,
+                    folder.partial_video,
+                    folder.partial_thumbnail,
+                    on_progress=ProgressFile(folder),
+                    should_stop=stop,
+                )
+                os.replace(folder.partial_thumbnail, folder.thumbnail)
+                os.replace(folder.partial_video, folder.video)
         except RenderStopped:
             folder.remove_partial_files()
             if stop.shutting_down:
@@ -530,20 +604,27 @@ def render_job(folder: JobFolder) -> int:
             return 0
         except Exception as error:
             folder.remove_partial_files()
-            folder.fail("render_failed", f"The renderer failed: {type(error).__name__}: {error}")
+            # Users see the kind of error; the traceback, with paths, goes to render.log only.
+            folder.fail(
+                "render_failed",
+                f"The local renderer failed ({type(error).__name__}); try again, and if it "
+                "keeps failing an operator will find the reason in the job's render.log.",
+            )
             raise
-        os.replace(folder.partial_thumbnail, folder.thumbnail)
-        os.replace(folder.partial_video, folder.video)
         folder.write_progress(100)
         return 0
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m sora2.api.providers.local <job folder>", file=sys.stderr)
+    if len(argv) not in (1, 2) or not all(arg.isdigit() for arg in argv[1:]):
+        print(
+            "usage: python -m sora2.api.providers.local <job folder> [render slots]",
+            file=sys.stderr,
+        )
         return 2
     os.nice(RENDER_NICENESS)
-    return render_job(JobFolder(Path(argv[0])))
+    slots = int(argv[1]) if len(argv) == 2 else default_parallelism()
+    return render_job(JobFolder(Path(argv[0])), max(1, slots))
 
 
 if __name__ == "__main__":

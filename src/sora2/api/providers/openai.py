@@ -78,11 +78,6 @@ class OpenAIProvider:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIProvider:
-        if not settings.openai_api_keys:
-            raise ValueError(
-                "VIDEO_PROVIDER=openai needs at least one key: set OPENAI_API_KEYS "
-                "(comma-separated) or OPENAI_API_KEY"
-            )
         return cls(
             api_keys=list(settings.openai_api_keys),
             base_url=settings.openai_base_url,

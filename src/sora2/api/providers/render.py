@@ -1,9 +1,10 @@
 """Pure rendering for the `local` provider: a prompt becomes an animated H.264 MP4 and a JPEG.
 
 The scene is a horizontally scrolling gradient with soft drifting lights, the prompt's words
-revealed one by one over the first part of the clip, and a thin timeline bar. Everything costly is
-drawn once (the gradient strip, the light sprites, the text layer); each frame is a slice of the
-strip plus a few small blends on numpy arrays, so x264 does most of the work.
+revealed one by one over the first part of the clip, a small caption and a thin timeline bar.
+Everything costly is drawn once (the gradient strip, the light sprites, the text layers); each
+frame is a slice of the strip plus a few small integer blends on numpy arrays, painted directly in
+the encoder's YUV 4:2:0, so x264 does most of the work.
 
 No job bookkeeping lives here: `render_clip` writes the two files it is given and reports progress.
 """
@@ -35,7 +36,8 @@ REVEAL_UNTIL = 0.6  # of the clip: the last word appears here
 MIN_FONT_PX = 12
 FONT_CANDIDATES = ("DejaVuSans-Bold.ttf", "LiberationSans-Bold.ttf", "Arial Bold.ttf")
 
-MAX_LIGHT_STRENGTH = 0.49
+SHADE_TOP, SHADE_BOTTOM = 1.2, 0.7  # x palette value 0.45 stays under 1: no clipping
+MAX_LIGHT_STRENGTH = 0.49  # keeps light weights under 128/256: see DriftingLight
 # ffmpeg's enum values for BT.709 (colour space, primaries, transfer) and limited ("MPEG") range.
 AVCOL_BT709 = 1
 AVCOL_RANGE_MPEG = 1
@@ -60,6 +62,7 @@ class Scene:
     height: int
     seconds: int
     fps: int = FPS
+    caption: str = ""  # small print in the top-left corner, e.g. which model it stands in for
 
     @property
     def frame_count(self) -> int:
@@ -100,7 +103,9 @@ def render_clip(
                 raise RenderStopped
             planes = painter.paint(index)
             if index == thumbnail_index:
-                save_thumbnail(planes.to_rgb(), thumbnail)
+                # Half size is enough whenever it is still at least the thumbnail's size.
+                halved = max(scene.width, scene.height) // 2 >= THUMBNAIL_MAX_SIDE
+                save_thumbnail(planes.to_rgb(halved=halved), thumbnail)
             frame = av.VideoFrame.from_ndarray(planes.as_i420(), format="yuv420p")
             frame.pts = index
             container.mux(stream.encode(frame))
@@ -168,7 +173,12 @@ class Planes:
     def as_i420(self) -> Pixels:
         return self.buffer.reshape(self.height * 3 // 2, self.width)
 
-    def to_rgb(self) -> Pixels:
+    def to_rgb(self, *, halved: bool = False) -> Pixels:
+        """The frame as RGB, at full size or (cheaper, for a thumbnail) at half size."""
+        if halved:
+            chroma_u, chroma_v = self.u.astype(np.float32), self.v.astype(np.float32)
+            return yuv_to_rgb(half(self.y.astype(np.float32)), chroma_u, chroma_v)
+
         def full(plane: Pixels) -> Floats:
             return np.repeat(np.repeat(plane, 2, axis=0), 2, axis=1).astype(np.float32)
 
@@ -217,6 +227,7 @@ class FramePainter:
         self.strip = GradientStrip(scene.width, scene.height, palette)
         self.lights = drifting_lights(scene, palette)
         self.text = TextLayer(scene)
+        self.caption = Caption(scene) if scene.caption.strip() else None
         self.bar_colour = colour_to_yuv(palette.light)
         self.planes = Planes(scene.width, scene.height)
 
@@ -230,6 +241,8 @@ class FramePainter:
         for light in self.lights:
             light.blend_onto(self.planes, time)
         self.text.blend_onto(self.planes, min(1.0, progress / REVEAL_UNTIL), time)
+        if self.caption is not None:
+            self.caption.blend_onto(self.planes)
         self._timeline((index + 1) / scene.frame_count)
         return self.planes
 
@@ -254,12 +267,15 @@ class GradientStrip:
         positions = np.linspace(0.0, 1.0, len(stops))
         x = (np.arange(2 * width, dtype=np.float32) / width) % 1.0
         row = np.stack([np.interp(x, positions, stops[:, channel]) for channel in range(3)], -1)
-        # A vertical shade: lighter at the top, darker at the bottom, like sky over ground.
-        shade = np.linspace(1.2, 0.7, height, dtype=np.float32)[:, None, None]
-        y, u, v = rgb_to_yuv(np.clip(row[None, :, :] * shade, 0, 255).astype(np.float32))
-        self.y = _to_pixels(y)
-        self.u = _to_pixels(half(u))
-        self.v = _to_pixels(half(v))
+        y_row, u_row, v_row = rgb_to_yuv(row)
+        # A vertical shade: lighter at the top, darker at the bottom, like sky over ground. Shading
+        # RGB scales Y - 16 and U, V - 128 by the same factor (palette colours are dark enough that
+        # nothing clips), so each plane is an outer product: no full-size float image is needed.
+        shade = np.linspace(SHADE_TOP, SHADE_BOTTOM, height, dtype=np.float32)
+        chroma_shade = shade.reshape(height // 2, 2).mean(axis=1)
+        self.y = _to_pixels(16 + np.outer(shade, y_row - 16))
+        self.u = _to_pixels(128 + np.outer(chroma_shade, _pairs(u_row) - 128))
+        self.v = _to_pixels(128 + np.outer(chroma_shade, _pairs(v_row) - 128))
         self.width = width
 
     def copy_window(self, planes: Planes, offset: int) -> None:
@@ -267,6 +283,12 @@ class GradientStrip:
         chroma = offset // 2
         np.copyto(planes.u, self.u[:, chroma : chroma + self.width // 2])
         np.copyto(planes.v, self.v[:, chroma : chroma + self.width // 2])
+
+
+def _pairs(row: Floats) -> Floats:
+    """Average neighbours two by two: a chroma row from a full-resolution one."""
+    paired: Floats = row.reshape(-1, 2).mean(axis=1)
+    return paired
 
 
 def _to_pixels(plane: Floats) -> Pixels:
@@ -362,6 +384,12 @@ class TextWeights:
     keep_chroma: Weights
     add_chroma: Weights
 
+    def composite_onto(self, planes: Planes, left: int, top: int) -> None:
+        """Blend over the frame with the layer's top-left corner at (left, top), both even."""
+        _composite(planes.y, self.keep, self.add_y, left, top)
+        for chroma in (planes.u, planes.v):
+            _composite(chroma, self.keep_chroma, self.add_chroma, left // 2, top // 2)
+
     def hide_after(self, line_top: int, line_bottom: int, x: int) -> TextWeights:
         """A copy with everything from `x` on the band [line_top, line_bottom) onwards removed."""
         keep, add_y = self.keep.copy(), self.add_y.copy()
@@ -412,10 +440,7 @@ class TextLayer:
     def blend_onto(self, planes: Planes, reveal: float, time: float) -> None:
         self._reveal(math.ceil(reveal * len(self.words)))
         top = self.top + _even(self.drift * (1 + math.sin(time * 1.5))) - self.drift
-        weights = self._visible
-        _composite(planes.y, weights.keep, weights.add_y, self.left, top)
-        for chroma in (planes.u, planes.v):
-            _composite(chroma, weights.keep_chroma, weights.add_chroma, self.left // 2, top // 2)
+        self._visible.composite_onto(planes, self.left, top)
 
     def _reveal(self, count: int) -> None:
         """Hide every word after the first `count` (recomputed only when `count` changes)."""
@@ -428,6 +453,32 @@ class TextLayer:
         line, x = (self.words[count - 1].line, self.words[count - 1].right) if count else (0, 0)
         top = self.line_tops[line]
         self._visible = self.weights.hide_after(top, top + self.line_height, x)
+
+
+class Caption:
+    """One line of small print in the top-left corner, still for the whole clip."""
+
+    def __init__(self, scene: Scene) -> None:
+        font = load_font(max(MIN_FONT_PX, scene.height // 32))
+        text = _ellipsize_to(scene.caption.strip(), font, scene.width // 2)
+        line_height = _line_height(font)
+        margin = max(2, line_height // 4)
+        fill = Image.new(
+            "L",
+            (_even(_text_width(font, text) + 2 * margin + 1), _even(line_height + 2 * margin + 1)),
+            0,
+        )
+        ImageDraw.Draw(fill).text((margin, margin), text, fill=230, font=font)
+        shadow = fill.filter(ImageFilter.GaussianBlur(max(1, line_height // 8)))
+        self.weights = text_weights(fill, shadow)
+        self.left = self.top = _even(scene.height / 40)
+
+    def blend_onto(self, planes: Planes) -> None:
+        self.weights.composite_onto(planes, self.left, self.top)
+
+
+def _ellipsize_to(text: str, font: Font, width: int) -> str:
+    return text if _text_width(font, text) <= width else _ellipsize(text, font, width)
 
 
 def text_weights(fill: Image.Image, shadow: Image.Image) -> TextWeights:

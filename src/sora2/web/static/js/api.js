@@ -20,10 +20,9 @@ export class ApiError extends Error {
 }
 
 function retryAfterSeconds(response, details) {
-  const header = response?.headers.get("Retry-After");
-  const fromHeader = header ? Number.parseInt(header, 10) : Number.NaN;
-  if (Number.isFinite(fromHeader)) return fromHeader;
-  const fromBody = Number(details.retryAfter ?? details.retry_after);
+  const header = Number.parseInt(response?.headers.get("Retry-After") ?? "", 10);
+  if (Number.isFinite(header)) return header;
+  const fromBody = Number(details.retryAfterSeconds);
   return Number.isFinite(fromBody) ? Math.ceil(fromBody) : null;
 }
 

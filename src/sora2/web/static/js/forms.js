@@ -70,26 +70,11 @@ export function clearErrors(form) {
   for (const field of form.querySelectorAll("[aria-invalid]")) field.removeAttribute("aria-invalid");
 }
 
-function camelCase(name) {
-  return name.replace(/_([a-z])/g, (_, letter) => letter.toUpperCase());
-}
-
-/** Field name → message, from the api's error details, whatever list or map it used. */
+/** Field name → message, from the api's `details.fields` ([{field, message}]). */
 function fieldMessages(details) {
   const messages = {};
-  const add = (name, message) => {
-    if (name && message) messages[camelCase(String(name))] = String(message);
-  };
-  const fields = details.fields ?? details.errors ?? details.fieldErrors ?? null;
-  if (Array.isArray(fields)) {
-    for (const item of fields) {
-      const location = Array.isArray(item.loc) ? item.loc[item.loc.length - 1] : item.loc;
-      add(item.field ?? item.name ?? location, item.message ?? item.msg);
-    }
-  } else if (fields && typeof fields === "object") {
-    for (const [name, message] of Object.entries(fields)) add(name, Array.isArray(message) ? message[0] : message);
-  } else if (typeof details.field === "string") {
-    add(details.field, details.reason ?? details.message);
+  for (const item of Array.isArray(details.fields) ? details.fields : []) {
+    if (item?.field && item?.message) messages[String(item.field)] = String(item.message);
   }
   return messages;
 }
@@ -128,36 +113,34 @@ export function showError(form, error) {
       form,
       `Not sent: ${error.message} What you typed is kept here; send it again once the connection is back.`,
     );
-  } else if (!placed || Object.keys(messages).length === 0) {
+  } else if (!placed) {
     showStatus(form, error.message);
   }
-  const invalid = form.querySelector("[aria-invalid=true]");
-  (invalid ?? form.querySelector("[data-form-status]:not([hidden])"))?.focus?.();
+  // The status is a live region and is announced by itself; a field in error takes the focus.
+  form.querySelector("[aria-invalid=true]")?.focus();
 }
 
 /**
  * While the api asks us to wait (429), keep the submit button disabled and count down in the
- * form's status: "… Try again in 42 s." The returned promise resolves when the wait is over.
+ * form's status: "… Try again in 42 s."
  */
 export function waitOut(form, seconds, lead) {
   const until = Date.now() + seconds * 1000;
   const buttons = [...form.querySelectorAll("button[type=submit]")];
-  return new Promise((resolve) => {
-    const tick = () => {
-      const left = Math.ceil((until - Date.now()) / 1000);
-      if (left <= 0) {
-        clearInterval(timer);
-        for (const button of buttons) button.disabled = false;
-        showStatus(form, `${lead} You can try again now.`, "info");
-        resolve();
-        return;
-      }
-      for (const button of buttons) button.disabled = true;
-      showStatus(form, `${lead} Try again in ${left} s.`);
-    };
-    const timer = setInterval(tick, 1000);
-    tick();
-  });
+  let timer = 0;
+  const tick = () => {
+    const left = Math.ceil((until - Date.now()) / 1000);
+    if (left <= 0) {
+      clearInterval(timer);
+      for (const button of buttons) button.disabled = false;
+      showStatus(form, `${lead} You can try again now.`, "info");
+      return;
+    }
+    for (const button of buttons) button.disabled = true;
+    showStatus(form, `${lead} Try again in ${left} s.`);
+  };
+  timer = setInterval(tick, 1000);
+  tick();
 }
 
 /** The common end of a failed submit: a rate limit counts down, anything else is shown. */

@@ -44,6 +44,11 @@ function card(video) {
     progress.value = video.progress;
     progress.setAttribute("aria-label", `Progress ${Math.round(video.progress)}%`);
     frame.append(progress);
+  } else {
+    const note = document.createElement("span");
+    note.className = "thumb-note";
+    note.textContent = video.status === "failed" ? "Rendering failed" : "Cancelled before it was ready";
+    frame.append(note);
   }
   const title = document.createElement("span");
   title.className = "video-card-prompt";
@@ -85,7 +90,7 @@ async function load() {
   clearTimeout(pollTimer);
   let result;
   try {
-    result = normalizePage(await api.get("videos", { page, limit: PAGE_SIZE, status: filter.value }), "videos");
+    result = normalizePage(await api.get("videos", { page, limit: PAGE_SIZE, status: filter.value }));
   } catch (error) {
     statusLine.textContent = error instanceof ApiError && error.outage ? "Waiting for the connection…" : error.message;
     return; // "sora:reconnected" loads again

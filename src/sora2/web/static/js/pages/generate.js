@@ -56,7 +56,8 @@ updateCounter();
 updateCost();
 
 if (new URLSearchParams(window.location.search).has("welcome")) {
-  showStatus(form, "Welcome! Your account comes with 100 free credits.", "ok");
+  const gift = choices().signupCredits;
+  showStatus(form, gift ? `Welcome! Your account comes with ${credits(gift)} free.` : "Welcome!", "ok");
 }
 
 form.addEventListener("submit", async (event) => {

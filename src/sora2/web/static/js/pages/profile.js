@@ -70,7 +70,7 @@ function transactionRow(tx) {
 
 async function loadCredits() {
   text("[data-profile-balance]", credits(normalizeBalance(await api.get("credits/balance"))));
-  const result = normalizePage(await api.get("credits/transactions", { page: txPage, limit: PAGE_SIZE }), "transactions");
+  const result = normalizePage(await api.get("credits/transactions", { page: txPage, limit: PAGE_SIZE }));
   const rows = result.items.map(normalizeTransaction).map(transactionRow);
   if (rows.length === 0) {
     const row = document.createElement("tr");
@@ -110,11 +110,11 @@ nicknameForm.addEventListener("submit", async (event) => {
   try {
     await api.put("users/profile", { nickname });
     clearDraft(nicknameForm);
+    setBusy(nicknameForm, false);
     showStatus(nicknameForm, "Nickname saved.", "ok");
   } catch (error) {
-    handleSubmitError(nicknameForm, error);
-  } finally {
     setBusy(nicknameForm, false);
+    handleSubmitError(nicknameForm, error);
   }
 });
 
@@ -133,12 +133,12 @@ passwordForm.addEventListener("submit", async (event) => {
   setBusy(passwordForm, true);
   try {
     await api.put("users/password", { currentPassword: values.currentPassword, newPassword: values.newPassword });
-    passwordForm.reset();
+    for (const name of ["currentPassword", "newPassword", "confirm"]) passwordForm.elements[name].value = "";
+    setBusy(passwordForm, false);
     showStatus(passwordForm, "Password changed. Your other devices are signed out.", "ok");
   } catch (error) {
-    handleSubmitError(passwordForm, error);
-  } finally {
     setBusy(passwordForm, false);
+    handleSubmitError(passwordForm, error);
   }
 });
 

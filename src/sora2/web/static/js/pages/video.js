@@ -12,9 +12,10 @@ const videoId = root.dataset.videoId;
 const $ = (name) => root.querySelector(`[data-${name}]`);
 
 const RECONNECT_FIRST_MS = 1000;
-const RECONNECT_MAX_MS = 15000;
-// The api sends `progress` on every change and `done` at a final state, each with the whole video.
-const EVENT_NAMES = ["message", "progress", "done"];
+const RECONNECT_MAX_MS = 5000;
+// The api sends `progress` on every change and `done` at a final state, each with the whole
+// video; `deleted` when it is gone.
+const EVENT_NAMES = ["progress", "done"];
 
 let video = null;
 let source = null;
@@ -83,21 +84,11 @@ function setLiveState(text) {
   $("live-state").textContent = text;
 }
 
-/** Merge what an event says (a whole video or just status/progress) into the video shown. */
-function applyEvent(data) {
-  if (!data || typeof data !== "object") return;
-  const payload = data.video ?? data;
-  if (payload.prompt !== undefined) {
-    video = normalizeVideo(payload);
-  } else {
-    if (typeof payload.status === "string") video.status = payload.status;
-    if (payload.progress !== undefined) video.progress = Math.max(0, Math.min(100, Number(payload.progress)));
-  }
+/** Show the video an event carries; at a final state, stop following it. */
+function applyEvent(snapshot) {
+  video = normalizeVideo(snapshot);
   renderStatus();
-  if (isFinal(video.status)) {
-    stopFollowing();
-    reload(); // the final record carries what events may not: the error, the files
-  }
+  if (isFinal(video.status)) stopFollowing();
 }
 
 function stopFollowing() {
@@ -118,7 +109,7 @@ function follow() {
     try {
       applyEvent(JSON.parse(event.data));
     } catch {
-      // A keep-alive or a comment: nothing to show.
+      // A malformed event: the next one, or the reload after the stream ends, corrects it.
     }
   };
   for (const name of EVENT_NAMES) source.addEventListener(name, onEvent);
@@ -201,24 +192,15 @@ async function runAction(button, action) {
   }
 }
 
-function refundedAmount(answer) {
-  const direct = answer?.refund ?? answer?.refunded ?? answer?.refundedCredits ?? answer?.refunded_credits;
-  if (typeof direct === "number") return direct;
-  if (typeof direct === "object" && direct !== null && typeof direct.amount === "number") return direct.amount;
-  return video.cost;
-}
-
 $("cancel").addEventListener("click", (event) =>
   runAction(event.currentTarget, async () => {
-    const answer = await api.post(`videos/${videoId}/cancel`);
     stopFollowing();
-    video = normalizeVideo(answer?.video ?? answer ?? video);
-    if (!video.prompt) video = normalizeVideo(await api.get(`videos/${videoId}`));
+    video = normalizeVideo(await api.post(`videos/${videoId}/cancel`));
     render();
+    // A cancel refunds the whole charge (the api does it in the same transaction).
     const balance = await refreshBalance();
-    const refund = refundedAmount(answer);
     notice(
-      `Cancelled. ${credits(refund)} refunded` + (balance === null ? "." : `; your balance is ${credits(balance)}.`),
+      `Cancelled. ${credits(video.cost)} refunded` + (balance === null ? "." : `; your balance is ${credits(balance)}.`),
     );
   }),
 );

@@ -157,7 +157,7 @@ async def test_static_never_serves_outside_its_folder(
 ) -> None:
     async with client.get(web.url + path) as response:
         assert response.status == 404
-        assert "CREDITS_PER_SECOND" not in await response.text()
+        assert "def add_pages" not in await response.text()
 
 
 async def test_static_files_are_revalidated_cheaply(
@@ -207,3 +207,23 @@ async def test_health_and_metrics_still_answer(
         assert (await response.json())["status"] == "ok"
     async with client.get(web.url + "/metrics") as response:
         assert response.status == 200
+
+
+async def test_prices_and_the_welcome_gift_come_from_the_settings_the_api_uses(
+    client: aiohttp.ClientSession,
+) -> None:
+    settings = load_settings(
+        api_url=f"http://127.0.0.1:{free_port()}",
+        app_env="test",
+        video_prices={"sora-2": 2, "sora-2-pro": 5},
+        signup_credits=250,
+    )
+    server = await start_app(create_app(settings))
+    try:
+        async with client.get(server.url + "/") as response:
+            html = await response.text()
+    finally:
+        await server.stop()
+    assert "start with 250 free credits" in html
+    # sora-2-pro at 5 credits a second: 20, 40 and 60 for 4, 8 and 12 seconds.
+    assert re.search(r"sora-2-pro</th><td>20</td><td>40</td><td>60</td>", html)
