@@ -304,3 +304,19 @@ async def test_deleting_a_video_mid_generation_stops_it_upstream(
         await wait_for(cancelled_upstream)
     assert await balance(api, token) == 100  # deleted while running: refunded like a cancel
     assert not list((settings.data_dir / "media").rglob(f"{video['id']}.*"))
+
+
+async def test_waiting_for_a_resting_key_pool_uses_no_attempts(
+    api: RunningApi, settings: Settings, provider: ScriptedProvider
+) -> None:
+    limited = settings.model_copy(update={"job_max_attempts": 2})
+    provider.start_errors = [
+        ProviderError(ErrorKind.TRANSIENT, "all_keys_resting", "every key rests", retry_after=0.01)
+        for _ in range(6)
+    ]
+    token, _ = await api.register()
+    _, video = await create(api, token)
+    async with worker_running(limited, provider):
+        await until_status(api, token, video["id"], "completed", "failed")
+    assert (await video_of(api, token, video["id"]))["status"] == "completed"
+    assert provider.starts[PROMPT] == 7

@@ -236,7 +236,10 @@ class JobQueue:
             await session.commit()
             return row is not None
 
-    async def retry_later(self, job: ClaimedJob, *, delay_seconds: float, error: str) -> None:
+    async def retry_later(
+        self, job: ClaimedJob, *, delay_seconds: float, error: str, spend_attempt: bool = True
+    ) -> None:
+        """Back to the queue after `delay_seconds`; a mere wait gives its claim back."""
         async with self.database.session() as session:
             await self._hold(session, job)
             await session.execute(
@@ -248,6 +251,7 @@ class JobQueue:
                     lease_expires_at=None,
                     run_after=utcnow() + timedelta(seconds=delay_seconds),
                     last_error=error[:500],
+                    attempts=Job.attempts if spend_attempt else Job.attempts - 1,
                 )
                 .execution_options(synchronize_session=False)
             )

@@ -32,6 +32,10 @@ from sora2.settings import Settings
 
 logger = logging.getLogger("sora2.api.worker")
 
+# Transient errors where nothing was tried upstream, only waited for (every API key of the pool
+# resting after 429s): the job waits as long as that lasts instead of using up its attempts.
+WAITS_NOT_ATTEMPTS = frozenset({"all_keys_resting"})
+
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -270,7 +274,10 @@ class Worker:
                     else self._backoff(job.attempts)
                 )
                 await self.queue.retry_later(
-                    job, delay_seconds=delay, error=f"{error.code}: {error.message}"
+                    job,
+                    delay_seconds=delay,
+                    error=f"{error.code}: {error.message}",
+                    spend_attempt=error.code not in WAITS_NOT_ATTEMPTS,
                 )
                 return "retry"
             code = "provider_lost_job" if error.kind is ErrorKind.NOT_FOUND else error.code
