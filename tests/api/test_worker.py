@@ -320,3 +320,21 @@ async def test_waiting_for_a_resting_key_pool_uses_no_attempts(
         await until_status(api, token, video["id"], "completed", "failed")
     assert (await video_of(api, token, video["id"]))["status"] == "completed"
     assert provider.starts[PROMPT] == 7
+
+
+async def test_a_slow_download_does_not_hold_up_other_requests(
+    api: RunningApi, settings: Settings, provider: ScriptedProvider
+) -> None:
+    token, _ = await api.register()
+    _, video = await create(api, token)
+    async with worker_running(settings, provider):
+        done = await until_status(api, token, video["id"], "completed")
+    stored = next((settings.data_dir / "media" / "videos").rglob(f"{video['id']}.mp4"))
+    stored.write_bytes(b"\x00" * (32 * 1024 * 1024))  # far more than the socket buffers hold
+    headers = {"Authorization": f"Bearer {token}"}
+    async with api.http.get(api.url + done["contentUrl"], headers=headers) as download:
+        assert download.status == 200
+        await download.content.readexactly(64 * 1024)  # ... and the reader stalls here
+        async with asyncio.timeout(5):
+            status, _ = await create(api, token)  # a write, while the download is open
+        assert status == 202

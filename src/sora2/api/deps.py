@@ -31,7 +31,10 @@ async def get_session(context: Context) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# Closed when the endpoint returns, not when the response has been sent: a download or an event
+# stream must not hold a database connection (on SQLite: the one connection and its write lock)
+# for as long as the client takes to read it.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 def client_ip(request: Request, context: Context) -> str:
