@@ -63,6 +63,8 @@ async def authenticate(
     user = (
         await session.execute(select(User).where(User.email == email.strip().lower()))
     ).scalar_one_or_none()
+    # End the read before the slow hash: on SQLite an open transaction holds the write lock.
+    await session.commit()
     # Unknown emails verify a decoy hash: a faster answer would reveal who has an account.
     ok = await passwords.verify(password, user.password_hash if user else None)
     if user is None or not ok:
