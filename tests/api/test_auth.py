@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from pathlib import Path
 
@@ -91,26 +90,33 @@ async def test_a_body_that_is_not_json_is_a_400(api: RunningApi) -> None:
     assert "not valid JSON" in body["message"]
 
 
-async def test_wrong_password_and_unknown_email_look_and_take_the_same(api: RunningApi) -> None:
-    await api.register(email="carol@example.com")
+async def test_wrong_password_and_unknown_email_look_and_take_the_same(
+    database_url: str, tmp_path: Path, settings: Settings
+) -> None:
+    # A real-sized hash (16 MiB), so the hashing that must happen on both paths dominates the
+    # time, not the noise of a shared machine.
+    hashing = make_settings(database_url, tmp_path, password_hash_memory_kib=16_384)
+    async with running_api(hashing, ScriptedProvider()) as api:
+        await api.register(email="carol@example.com")
 
-    async def attempt(email: str) -> tuple[float, dict[str, str]]:
-        started = time.perf_counter()
-        status, body, _ = await api.request(
-            "POST", "/api/auth/login", json={"email": email, "password": "Wrong-pass-1"}
-        )
-        assert status == 401
-        return time.perf_counter() - started, body
+        async def attempt(email: str) -> tuple[float, dict[str, str]]:
+            started = time.perf_counter()
+            status, body, _ = await api.request(
+                "POST", "/api/auth/login", json={"email": email, "password": "Wrong-pass-1"}
+            )
+            assert status == 401
+            return time.perf_counter() - started, body
 
-    # Interleaved, so a machine that gets busier halfway through slows both sides alike.
-    known, unknown = [], []
-    for _ in range(7):
-        known.append(await attempt("carol@example.com"))
-        unknown.append(await attempt("nobody@example.com"))
+        # Interleaved, so a machine that gets busier halfway through slows both sides alike.
+        known, unknown = [], []
+        for _ in range(5):
+            known.append(await attempt("carol@example.com"))
+            unknown.append(await attempt("nobody@example.com"))
     assert known[0][1]["message"] == unknown[0][1]["message"] == "Wrong email or password."
-    known_median = statistics.median(t for t, _ in known)
-    unknown_median = statistics.median(t for t, _ in unknown)
-    assert unknown_median > known_median * 0.5, (known_median, unknown_median)
+    # The fastest of each: the least disturbed by other processes.
+    known_best = min(t for t, _ in known)
+    unknown_best = min(t for t, _ in unknown)
+    assert unknown_best > known_best * 0.6, (known_best, unknown_best)
 
 
 async def test_refresh_rotates_and_a_reused_token_ends_the_session(api: RunningApi) -> None:
