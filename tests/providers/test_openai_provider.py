@@ -317,7 +317,7 @@ async def test_when_every_key_rests_calls_wait_for_the_first_to_wake(
 
     error = await expect_error(provider.start(REQUEST))
 
-    assert error.kind is ErrorKind.TRANSIENT
+    assert error.kind is ErrorKind.RATE_LIMITED
     assert error.code == "all_keys_resting"
     assert error.retry_after is not None
     assert 0.2 < error.retry_after <= 0.4
@@ -593,11 +593,6 @@ async def test_a_user_gets_the_providers_video_through_the_api(
     assert not [key for key in KEYS if key in json.dumps(health)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker spends one of JOB_MAX_ATTEMPTS on every all_keys_resting wait, so a "
-    "long rate limit fails the video; it should wait without spending an attempt",
-)
 async def test_a_video_waits_while_every_key_rests_then_completes(
     tmp_path: Path, server: RunningServer, fake: FakeVideosAPI
 ) -> None:
