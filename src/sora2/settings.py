@@ -229,6 +229,9 @@ class Settings(BaseSettings):
     refresh_token_ttl_days: int = Field(
         30, ge=1, le=365, validation_alias=_aliases("REFRESH_TOKEN_TTL_DAYS")
     )
+    refresh_reuse_grace_seconds: float = Field(
+        10.0, ge=0, le=300, validation_alias=_aliases("REFRESH_REUSE_GRACE_SECONDS")
+    )
     password_hash_memory_kib: int = Field(
         65_536, ge=1_024, le=1_048_576, validation_alias=_aliases("PASSWORD_HASH_MEMORY_KIB")
     )

@@ -94,6 +94,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "log_dir": data_dir / "logs",
         "jwt_secret": "test-secret-" + "x" * 40,
         "password_hash_memory_kib": 1024,
+        "refresh_reuse_grace_seconds": 0,
         "api_embedded_worker": False,
         "login_limit_per_ip": 10_000,
         "login_limit_per_account": 10_000,

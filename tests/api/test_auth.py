@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from pathlib import Path
@@ -293,3 +294,20 @@ async def test_the_database_itself_refuses_a_negative_balance(settings: Settings
                 await session.execute(update(User).where(User.id == user.id).values(credits=-1))
     finally:
         await database.dispose()
+
+
+async def test_two_tabs_refreshing_at_once_stay_signed_in(
+    database_url: str, tmp_path: Path, settings: Settings
+) -> None:
+    graceful = make_settings(database_url, tmp_path, refresh_reuse_grace_seconds=30)
+    async with running_api(graceful, ScriptedProvider()) as api:
+        _, body = await api.register()
+        payload = {"refreshToken": body["refreshToken"]}
+        results = await asyncio.gather(
+            *(api.request("POST", "/api/auth/refresh", json=payload) for _ in range(2))
+        )
+        assert [status for status, _, _ in results] == [200, 200]
+        for _, renewed, _ in results:
+            assert (await api.request("GET", "/api/auth/me", token=renewed["accessToken"]))[
+                0
+            ] == 200

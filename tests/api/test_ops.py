@@ -148,7 +148,9 @@ async def test_the_served_api_logs_request_ids_and_never_secrets(settings: Setti
     finally:
         process.terminate()
         await asyncio.to_thread(process.wait, 20)
+    assert process.returncode == 0  # SIGTERM is a graceful stop, and its last lines are kept
     log = log_file.read_text()
+    assert "Application shutdown complete" in log
     assert "Sup3r-secret-pw" not in log
     assert token not in log
 
@@ -296,3 +298,11 @@ def test_db_commands_explain_an_unreachable_database(tmp_path: Path) -> None:
     as_json = json.loads(sora2("db", "check", "--json", env=env).stdout)
     assert as_json["reachable"] is False
     assert "postgresql at 127.0.0.1:1" in as_json["message"]
+
+
+def test_the_fast_schema_check_agrees_with_alembic() -> None:
+    from alembic.script import ScriptDirectory
+
+    from sora2.api.db.migrate import alembic_config, head_revision
+
+    assert [head_revision()] == ScriptDirectory.from_config(alembic_config()).get_heads()

@@ -285,3 +285,56 @@ async def test_progress_streams_as_server_sent_events_until_done(
     progress = [data["progress"] for kind, data in events if kind == "progress"]
     assert progress == sorted(progress)
     assert events[-1][1]["status"] == "completed"
+
+
+async def test_deleting_a_video_mid_generation_stops_it_upstream(
+    api: RunningApi, settings: Settings, provider: ScriptedProvider
+) -> None:
+    provider.hold = asyncio.Event()
+    token, _ = await api.register()
+    _, video = await create(api, token)
+    async with worker_running(settings, provider):
+        await until_status(api, token, video["id"], "in_progress")
+        await wait_for(lambda: _has_provider_job(provider))
+        assert (await api.request("DELETE", f"/api/videos/{video['id']}", token=token))[0] == 204
+
+        async def cancelled_upstream() -> bool:
+            return provider.cancelled == ["job_1"]
+
+        await wait_for(cancelled_upstream)
+    assert await balance(api, token) == 100  # deleted while running: refunded like a cancel
+    assert not list((settings.data_dir / "media").rglob(f"{video['id']}.*"))
+
+
+async def test_waiting_for_a_resting_key_pool_uses_no_attempts(
+    api: RunningApi, settings: Settings, provider: ScriptedProvider
+) -> None:
+    limited = settings.model_copy(update={"job_max_attempts": 2})
+    provider.start_errors = [
+        ProviderError(ErrorKind.TRANSIENT, "all_keys_resting", "every key rests", retry_after=0.01)
+        for _ in range(6)
+    ]
+    token, _ = await api.register()
+    _, video = await create(api, token)
+    async with worker_running(limited, provider):
+        await until_status(api, token, video["id"], "completed", "failed")
+    assert (await video_of(api, token, video["id"]))["status"] == "completed"
+    assert provider.starts[PROMPT] == 7
+
+
+async def test_a_slow_download_does_not_hold_up_other_requests(
+    api: RunningApi, settings: Settings, provider: ScriptedProvider
+) -> None:
+    token, _ = await api.register()
+    _, video = await create(api, token)
+    async with worker_running(settings, provider):
+        done = await until_status(api, token, video["id"], "completed")
+    stored = next((settings.data_dir / "media" / "videos").rglob(f"{video['id']}.mp4"))
+    stored.write_bytes(b"\x00" * (32 * 1024 * 1024))  # far more than the socket buffers hold
+    headers = {"Authorization": f"Bearer {token}"}
+    async with api.http.get(api.url + done["contentUrl"], headers=headers) as download:
+        assert download.status == 200
+        await download.content.readexactly(64 * 1024)  # ... and the reader stalls here
+        async with asyncio.timeout(5):
+            status, _ = await create(api, token)  # a write, while the download is open
+        assert status == 202

@@ -18,7 +18,9 @@ ACCESS_COOKIE = "sora2_access"
 REFRESH_COOKIE = "sora2_refresh"
 
 
-def get_context(request: Request) -> ApiContext:
+# Dependencies are `async def` even when they do not await: FastAPI runs plain `def` ones in a
+# thread pool, two thread hops per request that cost more than the request's own work.
+async def get_context(request: Request) -> ApiContext:
     context: ApiContext = request.app.state.context
     return context
 
@@ -26,15 +28,24 @@ def get_context(request: Request) -> ApiContext:
 Context = Annotated[ApiContext, Depends(get_context)]
 
 
-async def get_session(context: Context) -> AsyncIterator[AsyncSession]:
-    async with context.database.session() as session:
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+
+
+async def get_session(request: Request, context: Context) -> AsyncIterator[AsyncSession]:
+    """GET and HEAD only read (a rule every route keeps), so they get a read session."""
+    database = context.database
+    opened = database.read_session() if request.method in READ_ONLY_METHODS else database.session()
+    async with opened as session:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# Closed when the endpoint returns, not when the response has been sent: a download or an event
+# stream must not hold a database connection (on SQLite: the one connection and its write lock)
+# for as long as the client takes to read it.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-def client_ip(request: Request, context: Context) -> str:
+async def client_ip(request: Request, context: Context) -> str:
     peer = request.client.host if request.client else None
     return context.client_address.of(peer, request.headers.get("x-forwarded-for"))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+from types import FrameType
 
 import uvicorn
 
@@ -34,10 +36,17 @@ def _refuse_pending_migrations(settings: Settings) -> None:
         raise CommandExit(f"refusing to start: {error}", 1) from None
 
 
+def _exit_after_graceful_shutdown(signum: int, _frame: FrameType | None) -> None:
+    """uvicorn re-raises SIGTERM once it has shut down gracefully; dying by the signal would skip
+    `atexit`, losing the last half second of buffered log lines (its shutdown lines included)."""
+    raise SystemExit(0)
+
+
 def serve(settings: Settings) -> None:
     configure_logging("api", level=settings.log_level, log_dir=settings.log_dir)
     if settings.is_production:
         _refuse_pending_migrations(settings)
+    signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

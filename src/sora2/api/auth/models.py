@@ -13,6 +13,7 @@ from sqlalchemy import ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sora2.api.db.base import Base, UTCDateTime, new_id, utcnow
+from sora2.api.users import models as _users_models  # noqa: F401 - the tables its keys name
 
 
 class AuthSession(Base):

@@ -100,7 +100,10 @@ async def refresh(
     if not token:
         raise unauthorized("Send the refresh cookie or refreshToken in the body.")
     user_id, issued = await service.rotate(
-        session, refresh_token=token, ttl_days=context.settings.refresh_token_ttl_days
+        session,
+        refresh_token=token,
+        ttl_days=context.settings.refresh_token_ttl_days,
+        reuse_grace_seconds=context.settings.refresh_reuse_grace_seconds,
     )
     user = await session.get(User, user_id)
     if user is None or user.status != "active":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -62,6 +63,8 @@ async def authenticate(
     user = (
         await session.execute(select(User).where(User.email == email.strip().lower()))
     ).scalar_one_or_none()
+    # End the read before the slow hash: on SQLite an open transaction holds the write lock.
+    await session.commit()
     # Unknown emails verify a decoy hash: a faster answer would reveal who has an account.
     ok = await passwords.verify(password, user.password_hash if user else None)
     if user is None or not ok:
@@ -93,12 +96,14 @@ async def _add_refresh_token(session: AsyncSession, *, session_id: str, ttl_days
 
 
 async def rotate(
-    session: AsyncSession, *, refresh_token: str, ttl_days: int
+    session: AsyncSession, *, refresh_token: str, ttl_days: int, reuse_grace_seconds: float
 ) -> tuple[str, IssuedSession]:
     """Spends a refresh token for a new one; a spent token coming back revokes its whole session.
 
-    Returns the user id and the new token. The spend is a conditional UPDATE, so two concurrent
-    uses of one token cannot both succeed: the loser is treated as reuse.
+    Returns the user id and the new token. The spend is a conditional UPDATE, so of two
+    concurrent uses exactly one spends it. The other is reuse, unless it comes within
+    `reuse_grace_seconds` of the spend: two tabs of one browser refreshing at the same moment
+    must not sign the person out, so that one gets a token of the same session too.
     """
     found = (
         await session.execute(
@@ -121,7 +126,7 @@ async def rotate(
         .returning(RefreshToken.id)
         .execution_options(synchronize_session=False)
     )
-    if spent.first() is None:
+    if spent.first() is None and not await _spent_within(session, token.id, reuse_grace_seconds):
         await revoke_session(session, session_id=auth_session.id, reason="refresh_reuse")
         await session.commit()
         raise unauthorized(
@@ -130,6 +135,13 @@ async def rotate(
         )
     new_token = await _add_refresh_token(session, session_id=auth_session.id, ttl_days=ttl_days)
     return auth_session.user_id, IssuedSession(auth_session.id, new_token)
+
+
+async def _spent_within(session: AsyncSession, token_id: int, seconds: float) -> bool:
+    used_at = (
+        await session.execute(select(RefreshToken.used_at).where(RefreshToken.id == token_id))
+    ).scalar_one_or_none()
+    return used_at is not None and utcnow() - used_at <= timedelta(seconds=seconds)
 
 
 async def revoke_session(session: AsyncSession, *, session_id: str, reason: str) -> None:

@@ -8,6 +8,8 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sora2.api.db.base import Base, UTCDateTime, utcnow
+from sora2.api.users import models as _users_models  # noqa: F401 - the tables its keys name
+from sora2.api.videos import models as _videos_models  # noqa: F401 - the tables its keys name
 
 TRANSACTION_TYPES = ("gift", "consume", "refund", "admin")
 

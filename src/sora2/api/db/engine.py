@@ -5,6 +5,10 @@ SQLite: WAL (readers never block the writer), foreign keys on, a busy timeout fo
 connection. A deferred transaction that reads and then writes can fail at once with SQLITE_BUSY when
 another writer committed in between; taking the write lock up front turns that into a short wait.
 In one process the single connection makes requests queue on the pool instead of on file locks.
+Reads (`read_session`, which GET requests use) go through a second small pool of read-only
+connections with ordinary deferred transactions: in WAL mode they read a consistent snapshot
+while a write is in progress, so listing videos never waits behind a create or a sign-in.
+On PostgreSQL both are the same engine.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_READERS = 4
 
 
 class Database:
@@ -32,6 +37,10 @@ class Database:
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         self.engine: AsyncEngine = self._create_engine(url, echo=echo)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.read_engine: AsyncEngine = (
+            self._create_sqlite_reader(url, echo=echo) if self.is_sqlite else self.engine
+        )
+        self.read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     def _create_engine(self, url: str, *, echo: bool) -> AsyncEngine:
         if not self.is_sqlite:
@@ -45,17 +54,53 @@ class Database:
         _tune_sqlite(engine)
         return engine
 
+    def _create_sqlite_reader(self, url: str, *, echo: bool) -> AsyncEngine:
+        engine = create_async_engine(
+            url, echo=echo, pool_size=SQLITE_READERS, max_overflow=0, pool_timeout=60
+        )
+        _tune_sqlite_reader(engine)
+        return engine
+
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session:
             yield session
 
+    @asynccontextmanager
+    async def read_session(self) -> AsyncIterator[AsyncSession]:
+        """A session for reading only (on SQLite, a read-only connection that never waits)."""
+        async with self.read_sessions() as session:
+            yield session
+
     async def ping(self) -> None:
-        async with self.engine.connect() as connection:
+        # Through a reader: a health check must not queue behind writes on SQLite's one writer.
+        async with self.read_engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
+
+
+def _apply_pragmas(dbapi_connection: Any, *extra: str) -> None:
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "PRAGMA journal_mode=WAL",
+        "PRAGMA foreign_keys=ON",
+        f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        "PRAGMA synchronous=NORMAL",
+        *extra,
+    ):
+        cursor.execute(pragma)
+    cursor.close()
+
+
+def _tune_sqlite_reader(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # A write through a reader would be a bug: make SQLite refuse it.
+        _apply_pragmas(dbapi_connection, "PRAGMA query_only=ON")
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:
@@ -63,12 +108,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event below decide how transactions start.
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
+        _apply_pragmas(dbapi_connection)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:

@@ -34,7 +34,7 @@ async def _database_check(context: ApiContext) -> str:
 
 
 async def _worker_check(context: ApiContext) -> dict[str, Any]:
-    async with context.database.session() as session:
+    async with context.database.read_session() as session:
         last_seen: object = (
             await session.execute(select(func.max(WorkerBeat.last_seen_at)))
         ).scalar()
@@ -109,7 +109,7 @@ async def ready(context: Context) -> JSONResponse:
 async def metrics(context: Context) -> Response:
     """Prometheus text: requests, queue depth by status, job durations, provider errors."""
     try:
-        async with context.database.session() as session:
+        async with context.database.read_session() as session:
             rows = (
                 await session.execute(select(Job.status, func.count()).group_by(Job.status))
             ).all()

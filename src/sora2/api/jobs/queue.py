@@ -28,6 +28,10 @@ class LeaseLost(Exception):
     """Another worker owns this job now (ours expired): stop touching it."""
 
 
+class JobGone(LeaseLost):
+    """The video (and with it its job) was deleted while the job ran."""
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
     job_id: int
@@ -143,8 +147,9 @@ class JobQueue:
             .execution_options(synchronize_session=False)
         )
         if held.first() is None:
+            exists = (await session.execute(select(Job.id).where(Job.id == job.job_id))).first()
             await session.rollback()
-            raise LeaseLost(job.job_id)
+            raise (LeaseLost if exists else JobGone)(job.job_id)
 
     async def record_provider_job(self, job: ClaimedJob, provider_job_id: str) -> bool:
         """Stores the provider's id before anything else; False if the video is no longer active."""
@@ -234,8 +239,7 @@ class JobQueue:
     async def retry_later(
         self, job: ClaimedJob, *, delay_seconds: float, error: str, spend_attempt: bool = True
     ) -> None:
-        """Back to the queue after a delay; a wait that is no failure (`spend_attempt=False`)
-        gives back the attempt its claim counted."""
+        """Back to the queue after `delay_seconds`; a mere wait gives its claim back."""
         async with self.database.session() as session:
             await self._hold(session, job)
             await session.execute(

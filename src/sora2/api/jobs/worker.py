@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 
 from sora2.api.db import Database
 from sora2.api.events import VideoEvents
-from sora2.api.jobs.queue import ClaimedJob, JobQueue, LeaseLost
+from sora2.api.jobs.queue import ClaimedJob, JobGone, JobQueue, LeaseLost
 from sora2.api.metrics import ApiMetrics
 from sora2.api.providers.base import ErrorKind, ProviderError, VideoProvider
 from sora2.api.storage import Storage
@@ -191,12 +191,21 @@ class Worker:
 
     async def _drive(self, job: ClaimedJob) -> str:
         provider_job_id = job.provider_job_id
-        if provider_job_id is None:
-            provider_job_id = await self.provider.start(job.request)
-            if not await self.queue.record_provider_job(job, provider_job_id):
+        try:
+            if provider_job_id is None:
+                provider_job_id = await self.provider.start(job.request)
+                if not await self.queue.record_provider_job(job, provider_job_id):
+                    return await self._cancel_upstream(job, provider_job_id)
+            elif not await self.queue.is_active(job):
                 return await self._cancel_upstream(job, provider_job_id)
-        elif not await self.queue.is_active(job):
-            return await self._cancel_upstream(job, provider_job_id)
+            return await self._follow(job, provider_job_id)
+        except JobGone:
+            # Deleted mid-generation: nobody will ever collect the result, so stop paying for it.
+            if provider_job_id is not None:
+                await self._cancel_quietly(provider_job_id)
+            return "deleted"
+
+    async def _follow(self, job: ClaimedJob, provider_job_id: str) -> str:
         poll = self.settings.worker_provider_poll_ms / 1000
         while True:
             state = await self.provider.status(provider_job_id)
@@ -226,20 +235,31 @@ class Worker:
         finally:
             self.storage.discard(video_tmp)
             self.storage.discard(thumb_tmp)
-        if await self.queue.complete(job, video_bytes=size):
+        try:
+            completed = await self.queue.complete(job, video_bytes=size)
+        except JobGone:
+            self._remove_files(job)
+            raise
+        if completed:
             return "completed"
         # Cancelled while downloading: the refund is done; the files must not outlive the video.
-        self.storage.delete(job.video_key)
-        self.storage.delete(job.thumbnail_key)
+        self._remove_files(job)
         return "cancelled"
 
+    def _remove_files(self, job: ClaimedJob) -> None:
+        self.storage.delete(job.video_key)
+        self.storage.delete(job.thumbnail_key)
+
     async def _cancel_upstream(self, job: ClaimedJob, provider_job_id: str) -> str:
+        await self._cancel_quietly(provider_job_id)
+        await self.queue.finish_cancelled(job)
+        return "cancelled"
+
+    async def _cancel_quietly(self, provider_job_id: str) -> None:
         try:
             await self.provider.cancel(provider_job_id)
         except ProviderError as error:
             logger.info("upstream cancel of %s failed: %s", provider_job_id, error.code)
-        await self.queue.finish_cancelled(job)
-        return "cancelled"
 
     async def _settle_error(self, job: ClaimedJob, error: ProviderError) -> str:
         try:
@@ -256,7 +276,9 @@ class Worker:
                     else self._backoff(job.attempts)
                 )
                 await self.queue.retry_later(
-                    job, delay_seconds=delay, error=f"{error.code}: {error.message}"
+                    job,
+                    delay_seconds=delay,
+                    error=f"{error.code}: {error.message}",
                 )
                 return "retry"
             code = "provider_lost_job" if error.kind is ErrorKind.NOT_FOUND else error.code

@@ -32,6 +32,7 @@ async def change_password(
 ) -> MessageOut:
     """Change your password; every other signed-in session ends, this one stays."""
     user, session_id = current
+    await session.commit()  # no transaction (on SQLite: no write lock) across the slow hashes
     if not await context.passwords.verify(body.current_password, user.password_hash):
         raise ApiError(
             400,

@@ -8,6 +8,7 @@ from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, 
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sora2.api.db.base import Base, UTCDateTime, new_id, utcnow
+from sora2.api.users import models as _users_models  # noqa: F401 - the tables its keys name
 
 ACTIVE_STATUSES = ("queued", "in_progress")
 FINAL_STATUSES = ("completed", "failed", "cancelled")

@@ -130,7 +130,7 @@ async def _video_events(context: ApiContext, user_id: str, video_id: str) -> Asy
     last: tuple[str, int] | None = None
     idle = 0.0
     while True:
-        async with context.database.session() as session:
+        async with context.database.read_session() as session:
             video = await session.get(Video, video_id)
             snapshot = (
                 VideoOut.model_validate(video).model_dump(mode="json", by_alias=True)
