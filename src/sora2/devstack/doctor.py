@@ -354,6 +354,14 @@ def _check_health(settings: Settings) -> Finding:
         )
     if status == 200:
         checks = _describe_checks(document)
+        if (document or {}).get("status") == "degraded":
+            return Finding(
+                "api health",
+                "warn",
+                f"{url} → 200 but degraded{checks}",
+                "the check that is not ok says what; for the provider, see its keys and "
+                "OPENAI_BASE_URL (the api's console: logs/dev/api.log)",
+            )
         return Finding("api health", "ok", f"{url} → 200{checks}")
     if status == 503 and document is not None:
         failing = [
