@@ -231,7 +231,11 @@ class JobQueue:
             await session.commit()
             return row is not None
 
-    async def retry_later(self, job: ClaimedJob, *, delay_seconds: float, error: str) -> None:
+    async def retry_later(
+        self, job: ClaimedJob, *, delay_seconds: float, error: str, spend_attempt: bool = True
+    ) -> None:
+        """Back to the queue after a delay; a wait that is no failure (`spend_attempt=False`)
+        gives back the attempt its claim counted."""
         async with self.database.session() as session:
             await self._hold(session, job)
             await session.execute(
@@ -243,6 +247,7 @@ class JobQueue:
                     lease_expires_at=None,
                     run_after=utcnow() + timedelta(seconds=delay_seconds),
                     last_error=error[:500],
+                    attempts=Job.attempts if spend_attempt else Job.attempts - 1,
                 )
                 .execution_options(synchronize_session=False)
             )

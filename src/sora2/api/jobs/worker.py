@@ -243,6 +243,12 @@ class Worker:
 
     async def _settle_error(self, job: ClaimedJob, error: ProviderError) -> str:
         try:
+            if error.kind is ErrorKind.RATE_LIMITED:
+                delay = error.retry_after or self._backoff(job.attempts)
+                await self.queue.retry_later(
+                    job, delay_seconds=delay, error=error.code, spend_attempt=False
+                )
+                return "retry"
             if error.kind is ErrorKind.TRANSIENT and job.attempts < self.settings.job_max_attempts:
                 delay = (
                     error.retry_after
