@@ -103,12 +103,6 @@ def by_package(counts: Counter[str]) -> Counter[str]:
     return packages
 
 
-def per_request_us(count: int, samples: Samples) -> float:
-    if not samples.requests:
-        return 0.0
-    return count / SAMPLE_RATE_HZ * 1e6 / samples.requests
-
-
 def without_entry_frames(inclusive: Counter[str]) -> Counter[str]:
     """Drop the frames every sample of the main thread shares (runpy, main, run_app…)."""
     if not inclusive:
@@ -117,16 +111,20 @@ def without_entry_frames(inclusive: Counter[str]) -> Counter[str]:
     return Counter({name: count for name, count in inclusive.items() if count < top})
 
 
-def profile_section(samples: Samples) -> str:
-    """Markdown: the top functions by own time and by time including callees."""
+def profile_section(samples: Samples, cpu_us_per_request: float) -> str:
+    """Markdown: the top functions by own time and by time including callees.
+
+    py-spy pauses the process for every sample, which stretches it: the samples give each
+    function's share, and the µs come from the CPU per request measured without the sampler.
+    """
     if not samples.total:
         return "### Where the proxy's time goes\n\npy-spy collected no samples.\n"
     lines = [
         "### Where the proxy's time goes (py-spy, 64 connections)",
         "",
         f"{samples.total} samples of the thread holding the GIL at {SAMPLE_RATE_HZ} Hz over "
-        f"{samples.requests:,} requests: {per_request_us(samples.total, samples):.0f} µs of "
-        "Python per request (the process's CPU time above adds the kernel's). Collapsed stacks: "
+        f"{samples.requests:,} requests; µs/request = share x the {cpu_us_per_request:.0f} µs "
+        "of CPU per request measured without the sampler. Collapsed stacks: "
         f"`{samples.raw_path.name}` under `bench/results/` (flamegraph.pl or speedscope read it).",
         "`run_app`'s own time is uvloop's event loop in C and the socket system calls it makes.",
         "",
@@ -137,10 +135,10 @@ def profile_section(samples: Samples) -> str:
         ("Inclusive time (with what it calls; start-up frames above the loop left out)",
          without_entry_frames(samples.inclusive_counts)),
     ):  # fmt: skip
-        lines += [f"**{title}**", "", "| function | share | µs/request |", "|---|---:|---:|"]
+        lines += [f"**{title}**", "", "| code | share | µs/request |", "|---|---:|---:|"]
         for function, count in counts.most_common(TOP_FUNCTIONS):
             name = function.replace("|", "\\|")
             share = count / samples.total
-            lines.append(f"| `{name}` | {share:.1%} | {per_request_us(count, samples):.1f} |")
+            lines.append(f"| `{name}` | {share:.1%} | {share * cpu_us_per_request:.1f} |")
         lines.append("")
     return "\n".join(lines)

@@ -373,7 +373,7 @@ def profile_proxy(
         RESULTS_DIR,
         LOAD_CPU,
     )
-    sections = [profile_section(samples)]
+    sections = [profile_section(samples, ours.result.cpu_us_per_request)]
     if not callgrind_available():
         sections.append(
             "Instructions per request: valgrind is not installed (apt install valgrind)."

@@ -162,3 +162,19 @@ def test_doctor_flags_openai_without_keys_and_an_unwritable_folder(tmp_path: Pat
     assert findings["video provider"]["status"] == "warn"  # not judged on relaxed settings
     assert findings["data dir"]["status"] == "fail"
     assert "DATA_DIR" in findings["data dir"]["fix"]
+
+
+async def test_doctor_warns_about_a_degraded_api(tmp_path: Path) -> None:
+    degraded = {
+        "status": "degraded",
+        "checks": {"database": "ok", "provider": {"status": "resting"}},
+    }
+    server = await start_app(fake_api(200, degraded))
+    try:
+        _, findings = await run_doctor_async(tmp_path, API_URL=server.url)
+    finally:
+        await server.stop()
+
+    assert findings["api health"]["status"] == "warn"
+    assert "degraded" in findings["api health"]["detail"]
+    assert "provider: resting" in findings["api health"]["detail"]

@@ -191,3 +191,25 @@ async def test_the_health_probe_names_a_refused_connection() -> None:
     answer = await probe(f"http://127.0.0.1:{port}/healthz")
     assert answer.status is None
     assert "Connection refused" in answer.describe()
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        (["mysql", "-u", "root", "-p", "hunter2"], "mysql -u root -p ***"),
+        (
+            ["app", "--db-password", "hunter2", "--port", "3101"],
+            "app --db-password *** --port 3101",
+        ),
+        (["app", "--api-key=sk-live-1"], "app --api-key=***"),
+        (
+            ["env", "OPENAI_API_KEY=sk-live-1", "node", "server.js"],
+            "env OPENAI_API_KEY=*** node server.js",
+        ),
+        (["python3", "-c", "import x\nx.run()"], "python3 -c import x x.run()"),
+    ],
+)
+def test_a_holders_command_is_shown_on_one_line_without_its_secrets(
+    command: list[str], shown: str
+) -> None:
+    assert ports.describe_command(command) == shown

@@ -278,6 +278,7 @@ async def test_from_settings_works_under_the_data_dir(tmp_path: Path) -> None:
             await asyncio.sleep(0.01)  # the render process exits just after its files land
         assert provider.health() == {
             "provider": "local",
+            "status": "ok",
             "running": 0,
             "queued": 0,
             "maxParallel": provider.max_parallel,

@@ -317,7 +317,7 @@ async def test_when_every_key_rests_calls_wait_for_the_first_to_wake(
 
     error = await expect_error(provider.start(REQUEST))
 
-    assert error.kind is ErrorKind.TRANSIENT
+    assert error.kind is ErrorKind.RATE_LIMITED
     assert error.code == "all_keys_resting"
     assert error.retry_after is not None
     assert 0.2 < error.retry_after <= 0.4
@@ -588,6 +588,7 @@ async def test_a_user_gets_the_providers_video_through_the_api(
     assert thumbnail[:3] == b"\xff\xd8\xff"
     assert len(fake.creates) == 1
     assert fake.creates[0].form["prompt"] == PROMPT
+    assert health["status"] == "ok"
     pool = health["checks"]["provider"]["keyPool"]
     assert pool["usable"] == len(KEYS)
     assert not [key for key in KEYS if key in json.dumps(health)]
@@ -610,6 +611,7 @@ async def test_a_video_waits_while_every_key_rests_then_completes(
             return len(fake.calls) > 8 * len(KEYS)
 
         await wait_for(many_waits, timeout=5)
+        _, resting, _ = await api.request("GET", "/api/health")
         fake.rate_limited.clear()
 
         async def completed() -> bool:
@@ -617,3 +619,6 @@ async def test_a_video_waits_while_every_key_rests_then_completes(
 
         await wait_for(completed, timeout=10)
     assert len(fake.creates) == 1
+    # While every key rested, the api said videos were stalled, and why.
+    assert resting["status"] == "degraded"
+    assert resting["checks"]["provider"]["status"] == "rate_limited"

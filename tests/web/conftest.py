@@ -256,8 +256,15 @@ def page(context: BrowserContext) -> Iterator[Page]:
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    # The policy must never have to block anything of ours: that would be a broken feature.
+    opened.on(
+        "console",
+        lambda message: (
+            errors.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
     yield opened
-    assert errors == [], f"the page threw: {errors}"
+    assert errors == [], f"the page threw or broke its CSP: {errors}"
 
 
 def screenshot(page: Page, name: str) -> None:

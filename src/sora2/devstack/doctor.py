@@ -103,16 +103,24 @@ def check_packages() -> list[Finding]:
         if not missing:
             findings.append(Finding(label, "ok", f"all {len(names)} installed"))
             continue
-        install = f"pip install -e '.[{extra}]'" if extra else "pip install -e ."
         findings.append(
             Finding(
                 label,
                 "warn" if extra else "fail",
-                f"missing: {', '.join(missing)}",
-                f"make venv (or {install})",
+                f"missing: {', '.join(missing)}" + _EXTRA_PURPOSE.get(extra, ""),
+                _INSTALL_COMMAND.get(extra, f"pip install -e '.[{extra}]'"),
             )
         )
     return findings
+
+
+# Why an extra matters and how the Makefile installs it; an extra not listed gets the pip line.
+_EXTRA_PURPOSE = {"dev": " (needed for the tests and linters)", "bench": " (needed for make bench)"}
+_INSTALL_COMMAND = {
+    "": "make venv (or pip install -e .)",
+    "dev": "make venv (or pip install -e '.[dev]')",
+    "bench": "make bench installs it (or pip install -e '.[bench]')",
+}
 
 
 # --- settings --------------------------------------------------------------------------------
@@ -346,17 +354,25 @@ def _check_health(settings: Settings) -> Finding:
         )
     if status == 200:
         checks = _describe_checks(document)
+        if (document or {}).get("status") == "degraded":
+            return Finding(
+                "api health",
+                "warn",
+                f"{url} → 200 but degraded{checks}",
+                "the check that is not ok says what; for the provider, see its keys and "
+                "OPENAI_BASE_URL (the api's console: logs/dev/api.log)",
+            )
         return Finding("api health", "ok", f"{url} → 200{checks}")
     if status == 503 and document is not None:
-        failing = {
-            name: value
+        failing = [
+            f"{name}: {_verdict(value)}"
             for name, value in (document.get("checks") or {}).items()
-            if value not in ("ok", True)
-        }
+            if _verdict(value) not in ("ok", "True")
+        ]
         return Finding(
             "api health",
             "fail",
-            f"{url} → 503; failing: {failing or document}",
+            f"{url} → 503; failing: {', '.join(failing) or _compact(document)}",
             "see the database line below, and the api's console (logs/dev/api.log)",
         )
     return Finding(
@@ -371,7 +387,19 @@ def _describe_checks(document: dict[str, Any] | None) -> str:
     checks = (document or {}).get("checks") or {}
     if not isinstance(checks, dict) or not checks:
         return ""
-    return " (" + ", ".join(f"{name}: {value}" for name, value in checks.items()) + ")"
+    return " (" + ", ".join(f"{name}: {_verdict(value)}" for name, value in checks.items()) + ")"
+
+
+def _compact(document: dict[str, Any]) -> str:
+    text = json.dumps(document, separators=(",", ":"))
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _verdict(value: object) -> str:
+    """One word for a health check: its own text, or the `status` of a detailed check."""
+    if isinstance(value, dict):
+        return str(value.get("status") or value.get("name") or "reported")
+    return str(value)
 
 
 def _check_proxy(settings: Settings) -> Finding:

@@ -5,13 +5,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import re
 import socket
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import psutil
 
 # How far `next_free_port` looks above the wanted port before giving up.
 PORT_SEARCH_SPAN = 100
+
+# Words that mark an option or assignment whose value is a secret (a pattern, not a password).
+_SECRET_WORDS = r"(?:pass|secret|token|key|auth|credential)"  # noqa: S105
+_SECRET_OPTION = re.compile(rf"-{{1,2}}[\w-]*{_SECRET_WORDS}[\w-]*|-p", re.IGNORECASE)
+_SECRET_ASSIGNMENT = re.compile(rf"(-{{0,2}}[\w.-]*{_SECRET_WORDS}[\w.-]*[=:])", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +96,30 @@ def holder_of(port: int) -> PortHolder | None:
 
 
 def command_of(pid: int) -> str:
-    """The command line of `pid`, shortened for one line of output."""
+    """The command line of `pid`, secrets masked, shortened for one line of output."""
     with contextlib.suppress(psutil.Error):
         parts = psutil.Process(pid).cmdline()
         if parts:
-            text = " ".join(" ".join(parts).split())  # one line, even for `python -c` code
-            return text if len(text) <= 120 else text[:117] + "..."
+            return describe_command(parts)
     return "command unknown"
+
+
+def describe_command(parts: Sequence[str]) -> str:
+    """One line for a command: values of secret-looking options masked, at most 120 characters.
+
+    A foreign process's command line ends up in the console and the launcher's log, and some
+    programs take passwords as arguments (`--password hunter2`, `token=…`).
+    """
+    shown: list[str] = []
+    for index, part in enumerate(parts):
+        if index and _SECRET_OPTION.fullmatch(parts[index - 1]):
+            shown.append("***")
+        elif match := _SECRET_ASSIGNMENT.match(part):
+            shown.append(f"{match.group(1)}***")
+        else:
+            shown.append(part)
+    text = " ".join(" ".join(shown).split())  # one line, even for `python -c` code
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def next_free_port(host: str, wanted: int, *, avoid: Collection[int] = ()) -> int | None:

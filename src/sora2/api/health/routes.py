@@ -68,7 +68,9 @@ async def health(context: Context) -> JSONResponse:
     checks["provider"] = _provider_check(context)
     if checks["database"] != "ok":
         status, code = "unavailable", 503
-    elif checks["worker"]["status"] != "ok":
+    elif checks["worker"]["status"] != "ok" or checks["provider"].get("status", "ok") != "ok":
+        # Requests are served, but videos will not be made (no worker, every key resting or
+        # refused): say so, without taking the api out of a load balancer.
         status, code = "degraded", 200
     else:
         status, code = "ok", 200

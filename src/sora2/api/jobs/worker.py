@@ -32,10 +32,6 @@ from sora2.settings import Settings
 
 logger = logging.getLogger("sora2.api.worker")
 
-# Transient errors where nothing was tried upstream, only waited for (every API key of the pool
-# resting after 429s): the job waits as long as that lasts instead of using up its attempts.
-WAITS_NOT_ATTEMPTS = frozenset({"all_keys_resting"})
-
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -267,6 +263,12 @@ class Worker:
 
     async def _settle_error(self, job: ClaimedJob, error: ProviderError) -> str:
         try:
+            if error.kind is ErrorKind.RATE_LIMITED:
+                delay = error.retry_after or self._backoff(job.attempts)
+                await self.queue.retry_later(
+                    job, delay_seconds=delay, error=error.code, spend_attempt=False
+                )
+                return "retry"
             if error.kind is ErrorKind.TRANSIENT and job.attempts < self.settings.job_max_attempts:
                 delay = (
                     error.retry_after
@@ -277,7 +279,6 @@ class Worker:
                     job,
                     delay_seconds=delay,
                     error=f"{error.code}: {error.message}",
-                    spend_attempt=error.code not in WAITS_NOT_ATTEMPTS,
                 )
                 return "retry"
             code = "provider_lost_job" if error.kind is ErrorKind.NOT_FOUND else error.code

@@ -43,6 +43,9 @@ class ProviderJob:
 
 class ErrorKind(enum.Enum):
     TRANSIENT = "transient"  # network, 5xx, 429: try again later, with backoff
+    # Every key is rate limited: wait `retry_after` and try again, however long it takes; a wait
+    # is not a failed attempt, so a long rate limit never fails a video.
+    RATE_LIMITED = "rate_limited"
     FINAL = "final"  # auth, content policy, invalid request: fail the video and refund
     NOT_FOUND = "not_found"  # the provider does not know the job id
 
@@ -61,6 +64,10 @@ class ProviderError(Exception):
         self.code = code
         self.message = message
         self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in (ErrorKind.TRANSIENT, ErrorKind.RATE_LIMITED)
 
 
 class VideoProvider(Protocol):

@@ -12,11 +12,11 @@ from sora2.settings import Settings
 
 def create_provider(settings: Settings) -> VideoProvider:
     if settings.video_provider == "openai":
-        from sora2.api.providers.openai import OpenAIProvider  # type: ignore[import-not-found,unused-ignore]
+        from sora2.api.providers.openai import OpenAIProvider
 
         provider: VideoProvider = OpenAIProvider.from_settings(settings)
         return provider
-    from sora2.api.providers.local import LocalProvider  # type: ignore[import-not-found,unused-ignore]
+    from sora2.api.providers.local import LocalProvider
 
     local: VideoProvider = LocalProvider.from_settings(settings)
     return local

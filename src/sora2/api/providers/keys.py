@@ -103,7 +103,7 @@ class KeyPool:
             )
         wait = max(min(wake_times) - now, 0.0)
         return ProviderError(
-            ErrorKind.TRANSIENT,
+            ErrorKind.RATE_LIMITED,
             "all_keys_resting",
             f"every API key is rate limited; the first one is usable again in {wait:.1f}s",
             retry_after=wait,

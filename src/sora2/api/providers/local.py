@@ -323,6 +323,7 @@ class LocalProvider:
     def health(self) -> dict[str, Any]:
         return {
             "provider": self.name,
+            "status": "ok",
             "running": len(self._processes),
             "queued": len(self._renders) - len(self._processes),
             "maxParallel": self.max_parallel,

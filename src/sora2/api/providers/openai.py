@@ -105,7 +105,7 @@ class OpenAIProvider:
         try:
             await self._download_variant(job_id, "thumbnail", thumbnail)
         except ProviderError as error:
-            if error.kind is ErrorKind.TRANSIENT or error.code == "no_usable_key":
+            if error.retryable or error.code == "no_usable_key":
                 raise
             # Servers speaking the contract without the thumbnail variant: the video has frames.
             logger.info(

@@ -114,7 +114,9 @@ export function showError(form, error) {
       `Not sent: ${error.message} What you typed is kept here; send it again once the connection is back.`,
     );
   } else if (!placed) {
-    showStatus(form, error.message);
+    // A failure on our side: the request id lets support find it in the logs.
+    const reference = error.status >= 500 && error.requestId ? ` (Request ID: ${error.requestId})` : "";
+    showStatus(form, error.message + reference);
   }
   // The status is a live region and is announced by itself; a field in error takes the focus.
   form.querySelector("[aria-invalid=true]")?.focus();
