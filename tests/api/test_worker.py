@@ -311,7 +311,9 @@ async def test_waiting_for_a_resting_key_pool_uses_no_attempts(
 ) -> None:
     limited = settings.model_copy(update={"job_max_attempts": 2})
     provider.start_errors = [
-        ProviderError(ErrorKind.TRANSIENT, "all_keys_resting", "every key rests", retry_after=0.01)
+        ProviderError(
+            ErrorKind.RATE_LIMITED, "all_keys_resting", "every key rests", retry_after=0.01
+        )
         for _ in range(6)
     ]
     token, _ = await api.register()

@@ -611,7 +611,6 @@ async def test_a_video_waits_while_every_key_rests_then_completes(
             return len(fake.calls) > 8 * len(KEYS)
 
         await wait_for(many_waits, timeout=5)
-        _, resting, _ = await api.request("GET", "/api/health")
         fake.rate_limited.clear()
 
         async def completed() -> bool:
@@ -619,6 +618,25 @@ async def test_a_video_waits_while_every_key_rests_then_completes(
 
         await wait_for(completed, timeout=10)
     assert len(fake.creates) == 1
-    # While every key rested, the api said videos were stalled, and why.
-    assert resting["status"] == "degraded"
-    assert resting["checks"]["provider"]["status"] == "rate_limited"
+
+
+async def test_health_is_degraded_while_every_key_rests(
+    tmp_path: Path, server: RunningServer, fake: FakeVideosAPI
+) -> None:
+    from tests.api.harness import wait_for
+
+    for key in KEYS:
+        fake.rate_limited[key] = RateLimit(retry_after="30")
+    async with api_and_worker_on_openai(tmp_path, server) as (api, _):
+        token, _ = await api.register()
+        await api.request("POST", "/api/videos", token=token, json={"prompt": PROMPT})
+
+        async def every_key_refused() -> bool:
+            return {call.key for call in fake.calls if call.status == 429} == set(KEYS)
+
+        await wait_for(every_key_refused, timeout=10)
+        _, health, _ = await api.request("GET", "/api/health")
+
+    # Requests are still served, but the api says videos are stalled, and why.
+    assert health["status"] == "degraded"
+    assert health["checks"]["provider"]["status"] == "rate_limited"

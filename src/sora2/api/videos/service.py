@@ -100,8 +100,16 @@ async def cancel(session: AsyncSession, *, user_id: str, video_id: str) -> Video
     return video
 
 
+async def _lock_job_first(session: AsyncSession, video_id: str) -> None:
+    """Take the video's job row before the video row, in the order a worker takes them (job, then
+    video), so a cancel or delete racing a worker waits instead of deadlocking on PostgreSQL.
+    (SQLite serialises writers and ignores FOR UPDATE.)"""
+    await session.execute(select(Job.id).where(Job.video_id == video_id).with_for_update())
+
+
 async def cancel_if_active(session: AsyncSession, *, user_id: str, video_id: str) -> bool:
     """The refund-exactly-once step: True if this call moved the video to `cancelled`."""
+    await _lock_job_first(session, video_id)
     row = (
         await session.execute(
             update(Video)
@@ -142,6 +150,7 @@ async def delete(session: AsyncSession, *, storage: Storage, user_id: str, video
     await cancel_if_active(session, user_id=user_id, video_id=video_id)
     video = await get_own(session, user_id=user_id, video_id=video_id)
     keys = [key for key in (video.video_key, video.thumbnail_key) if key]
+    await _lock_job_first(session, video_id)  # deleting the video deletes its job too
     await session.delete(video)
     await session.commit()
     for key in keys:
