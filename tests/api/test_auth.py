@@ -52,6 +52,30 @@ async def test_session_cookies_are_httponly_lax_and_work_without_a_bearer(api: R
     assert me["email"] == email
 
 
+async def test_a_browser_gets_its_session_in_cookies_only(
+    api: RunningApi, settings: Settings
+) -> None:
+    email = "browser@example.com"
+    _, registered = await api.register(email=email)
+    # An API client's sign-up (no Origin) gets both tokens in the body.
+    assert registered["accessToken"]
+    assert registered["refreshToken"]
+    api.http.cookie_jar.clear()
+    status, body, _ = await api.request(
+        "POST",
+        "/api/auth/login",
+        json={"email": email, "password": PASSWORD},
+        headers={"Origin": settings.frontend_origin},
+    )
+    assert status == 200
+    # Nothing a page script could read: the session is in the HttpOnly cookies alone.
+    assert body["accessToken"] is None
+    assert body["refreshToken"] is None
+    status, me, _ = await api.request("GET", "/api/auth/me")
+    assert status == 200
+    assert me["email"] == email
+
+
 async def test_email_is_unique_whatever_its_case(api: RunningApi) -> None:
     await api.register(email="bob@example.com")
     status, body, _ = await api.request(

@@ -74,7 +74,9 @@ class RequestContextMiddleware:
         finally:
             route = _route_template(scope)
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-            logger.info(
+            logger.log(
+                # Health probes (the web's proxy checks every few seconds) would drown the log.
+                logging.DEBUG if route.startswith("/api/health") and status < 500 else logging.INFO,
                 "%s %s %d %.1fms",
                 scope["method"],
                 route,

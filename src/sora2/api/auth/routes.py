@@ -17,16 +17,24 @@ router = APIRouter(prefix="/api/auth", tags=["auth"], responses=ERROR_RESPONSES)
 
 
 def _session_response(
-    response: Response, context: ApiContext, user: User, issued: service.IssuedSession
+    request: Request,
+    response: Response,
+    context: ApiContext,
+    user: User,
+    issued: service.IssuedSession,
 ) -> SessionOut:
     access = context.tokens.issue(user_id=user.id, session_id=issued.session_id)
     set_session_cookies(
         response, context.settings, access_token=access, refresh_token=issued.refresh_token
     )
+    # A browser (it always sends Origin with a POST) keeps its session in the HttpOnly cookies
+    # alone: tokens in the body would be readable by any script on the page. API clients, which
+    # send no Origin, get them in the body for `Authorization: Bearer`.
+    from_browser = "origin" in request.headers
     return SessionOut(
         user=UserOut.model_validate(user),
-        access_token=access,
-        refresh_token=issued.refresh_token,
+        access_token=None if from_browser else access,
+        refresh_token=None if from_browser else issued.refresh_token,
         expires_in=context.tokens.ttl_seconds,
     )
 
@@ -35,7 +43,12 @@ def _session_response(
     "/register", response_model=SessionOut, status_code=201, responses={409: ERROR_RESPONSES[400]}
 )
 async def register(
-    body: RegisterIn, response: Response, context: Context, session: SessionDep, ip: ClientIp
+    body: RegisterIn,
+    request: Request,
+    response: Response,
+    context: Context,
+    session: SessionDep,
+    ip: ClientIp,
 ) -> SessionOut:
     """Create an account (with the sign-up gift of credits) and sign in."""
     settings = context.settings
@@ -57,14 +70,20 @@ async def register(
         session, user_id=user.id, ttl_days=settings.refresh_token_ttl_days
     )
     await session.commit()
-    return _session_response(response, context, user, issued)
+    return _session_response(request, response, context, user, issued)
 
 
 @router.post("/login", response_model=SessionOut)
 async def login(
-    body: LoginIn, response: Response, context: Context, session: SessionDep, ip: ClientIp
+    body: LoginIn,
+    request: Request,
+    response: Response,
+    context: Context,
+    session: SessionDep,
+    ip: ClientIp,
 ) -> SessionOut:
-    """Sign in with email and password: sets the session cookies and returns the tokens."""
+    """Sign in with email and password: sets the session cookies (and, for API clients, returns
+    the tokens)."""
     settings = context.settings
     account_key = f"login:account:{body.email.strip().lower()}"
     context.limiter.check_and_record(
@@ -84,7 +103,7 @@ async def login(
         session, user_id=user.id, ttl_days=settings.refresh_token_ttl_days
     )
     await session.commit()
-    return _session_response(response, context, user, issued)
+    return _session_response(request, response, context, user, issued)
 
 
 @router.post("/refresh", response_model=SessionOut)
@@ -109,7 +128,7 @@ async def refresh(
     if user is None or user.status != "active":
         raise unauthorized("This account cannot sign in.")
     await session.commit()
-    return _session_response(response, context, user, issued)
+    return _session_response(request, response, context, user, issued)
 
 
 @router.post("/logout", response_model=MessageOut)

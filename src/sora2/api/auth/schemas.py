@@ -29,8 +29,11 @@ class RefreshIn(Input):
 
 class SessionOut(Output):
     user: UserOut
-    access_token: str
-    refresh_token: str
+    access_token: str | None = Field(
+        description="For API clients; null for browsers (requests with Origin), whose session "
+        "lives only in HttpOnly cookies"
+    )
+    refresh_token: str | None = Field(description="As access_token")
     token_type: str = "bearer"  # noqa: S105 - the OAuth scheme name
     expires_in: int = Field(description="Seconds until the access token expires")
 
