@@ -25,10 +25,13 @@ from tests.fakes.servers import free_port
 FRONTEND = "http://app.example:3200"
 
 
-def sora2(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def sora2(
+    *args: str, env: dict[str, str], timeout: float = 60, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sora2", *args],
         env=os.environ | env,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -205,19 +208,34 @@ async def test_cli_admin_bootstrap_and_admin_routes(api: RunningApi, settings: S
     )
     assert created.returncode == 0, created.stderr
     assert "created admin root@example.com" in created.stdout
+    # Without --password it is read from stdin (a prompt on a terminal), out of shell history.
+    piped = sora2(
+        "user",
+        "create",
+        "--email",
+        "piped@example.com",
+        "--nickname",
+        "Piped",
+        env=env_for(settings),
+        stdin=PASSWORD + "\n",
+    )
+    assert piped.returncode == 0, piped.stderr
     again = sora2(
         "user",
         "create",
         "--email",
         "root@example.com",
-        "--password",
-        PASSWORD,
         "--nickname",
         "Root",
         env=env_for(settings),
+        stdin=PASSWORD + "\n",
     )
     assert again.returncode == 1
     assert "already exists" in again.stderr
+    piped_login, _, _ = await api.request(
+        "POST", "/api/auth/login", json={"email": "piped@example.com", "password": PASSWORD}
+    )
+    assert piped_login == 200  # the password read from stdin, without its newline
     _, login, _ = await api.request(
         "POST", "/api/auth/login", json={"email": "root@example.com", "password": PASSWORD}
     )

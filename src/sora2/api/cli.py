@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -27,7 +29,11 @@ def register(commands: Commands) -> None:
     user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     create = user_commands.add_parser("create", help="create an account (e.g. the first admin)")
     create.add_argument("--email", required=True)
-    create.add_argument("--password", required=True)
+    create.add_argument(
+        "--password",
+        help="omit it to be asked for it (or pipe it on stdin): then it stays out of your "
+        "shell history and the process list",
+    )
     create.add_argument("--nickname", required=True)
     create.add_argument("--admin", action="store_true", help="give the account the admin role")
     create.set_defaults(handler=_user_create)
@@ -125,7 +131,8 @@ def _user_create(args: argparse.Namespace) -> int:
 
     settings = settings_or_exit()
     try:
-        body = RegisterIn(email=args.email, password=args.password, nickname=args.nickname)
+        password = args.password if args.password is not None else _read_password()
+        body = RegisterIn(email=args.email, password=password, nickname=args.nickname)
     except ValidationError as error:
         problems = "; ".join(
             f"--{e['loc'][0]}: {str(e['msg']).removeprefix('Value error, ')}"
@@ -179,3 +186,10 @@ def _run_db(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
             "check DATABASE_URL and that the server is running",
             1,
         ) from None
+
+
+def _read_password() -> str:
+    """From a prompt that does not echo, or the first line of stdin when it is not a terminal."""
+    if sys.stdin.isatty():
+        return getpass.getpass("Password: ")
+    return sys.stdin.readline().rstrip("\r\n")
