@@ -119,6 +119,15 @@ class _BufferedHandler(logging.Handler):
         super().close()
 
 
+def shift_backups(path: Path, backups: int) -> None:
+    """Rotate a log file: `path` becomes `path.1`, `path.1` becomes `path.2`, … up to `backups`."""
+    for index in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{index}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{index + 1}"))
+    path.replace(path.with_name(f"{path.name}.1"))
+
+
 class BufferedStreamHandler(_BufferedHandler):
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
@@ -149,11 +158,7 @@ class BufferedRotatingFileHandler(_BufferedHandler):
 
     def _rotate(self) -> None:
         self._file.close()
-        for index in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{index}")
-            if older.exists():
-                older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
-        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        shift_backups(self.path, self.backups)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._size = 0
 

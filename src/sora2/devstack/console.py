@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from sora2.logs import shift_backups
+
 TRANSCRIPT_MAX_BYTES = 10 * 1024 * 1024
 TRANSCRIPT_BACKUPS = 3
 
@@ -64,11 +66,7 @@ class Transcript:
 
     def _rotate(self) -> None:
         self._file.close()
-        for index in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{index}")
-            if older.exists():
-                older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
-        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        shift_backups(self.path, self.backups)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._size = 0
 
