@@ -233,3 +233,6 @@ def configure_logging(service: str, *, level: str = "INFO", log_dir: Path | None
     # Access lines are our own (one per exchange, redacted); the servers' own would duplicate them.
     for noisy in ("aiohttp.access", "uvicorn.access"):
         logging.getLogger(noisy).disabled = True
+    # Alembic announces each of its autogenerate plugins at INFO on every migration: seven lines
+    # of noise above the one that matters ("Running upgrade ...").
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

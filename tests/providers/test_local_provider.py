@@ -27,6 +27,7 @@ from sora2.api.providers.base import (
 from sora2.api.providers.local import JobFolder, LocalProvider, spec_from_request
 from sora2.api.providers.render import THUMBNAIL_AT
 from sora2.settings import load_settings
+from tests.chromium import CHROMIUM_ARGS
 from tests.fakes.servers import serving
 
 DEADLINE_SECONDS = 60.0
@@ -367,16 +368,6 @@ async def test_finished_jobs_are_swept_after_retention_but_downloads_survive(
         await provider.close()
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Chromium makes no outside connections on a closed network (they would be refused, noisily).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PLAY_HALF_A_SECOND = """() => new Promise((resolve) => {
   const video = document.getElementById("video");
   const report = () => resolve({width: video.videoWidth, height: video.videoHeight,
@@ -389,10 +380,8 @@ PLAY_HALF_A_SECOND = """() => new Promise((resolve) => {
 
 @pytest.mark.browser
 async def test_chromium_plays_the_video_and_shows_the_thumbnail(
-    provider: LocalProvider, tmp_path: Path
+    provider: LocalProvider, tmp_path: Path, chromium_executable: Path
 ) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
     from playwright.async_api import async_playwright
 
     job_id = await provider.start(request("320x180", 4))
@@ -408,7 +397,7 @@ async def test_chromium_plays_the_video_and_shows_the_thumbnail(
     app.router.add_static("/", tmp_path)  # FileResponse: Range requests, as the api serves them
     async with serving(app) as server, async_playwright() as playwright:
         browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+            executable_path=str(chromium_executable), args=CHROMIUM_ARGS
         )
         try:
             tab = await browser.new_page()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -23,17 +22,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
+from tests.chromium import CHROMIUM_ARGS
 from tests.fakes.servers import free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
 START_TIMEOUT = 60.0
 EXPECT_TIMEOUT_MS = 15_000
@@ -183,38 +174,6 @@ def start_stack(workdir: Path, **extra_env: str) -> Stack:
         api.stop()
         raise
     return Stack(api, web)
-
-
-def _install_chromium() -> str:
-    """apt-get install chromium; the output, for the failure message if it did not work."""
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    log = []
-    for command in (
-        ["apt-get", "install", "-y", "-o", "DPkg::Lock::Timeout=300", "chromium"],
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "-o", "DPkg::Lock::Timeout=300", "chromium"],
-    ):
-        if CHROMIUM.exists():
-            break
-        result = subprocess.run(
-            command, env=environment, capture_output=True, text=True, timeout=900, check=False
-        )
-        log.append(f"$ {' '.join(command)} → {result.returncode}\n{result.stderr[-1500:]}")
-    return "\n".join(log)
-
-
-@pytest.fixture(scope="session")
-def chromium_executable() -> Path:
-    if not CHROMIUM.exists():
-        if shutil.which("apt-get") is None:
-            pytest.fail(f"{CHROMIUM} is missing and apt-get is not available to install it.")
-        log = _install_chromium()
-        if not CHROMIUM.exists():
-            pytest.fail(
-                f"The browser tests need Debian's Chromium at {CHROMIUM}, and installing it "
-                f"failed. Install it yourself (apt-get install -y chromium) and re-run.\n{log}"
-            )
-    return CHROMIUM
 
 
 @pytest.fixture(scope="package")

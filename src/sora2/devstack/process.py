@@ -10,7 +10,6 @@ import asyncio
 import collections
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
@@ -23,11 +22,10 @@ LineSink = Callable[[str], None]
 
 
 def _load_prctl() -> Callable[..., int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    # The interpreter's own symbols include libc's: `find_library("c")` would run
+    # `ldconfig -p` in a subprocess on every launcher start instead.
     try:
-        prctl: Callable[..., int] = ctypes.CDLL(name, use_errno=True).prctl
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
     return prctl

@@ -42,9 +42,9 @@ from sora2.api.providers.base import (
     ProviderError,
     ProviderJob,
 )
-from sora2.api.providers.render import RenderStopped, Scene, render_clip
 
 if TYPE_CHECKING:
+    from sora2.api.providers.render import Scene
     from sora2.settings import Settings
 
 logger = logging.getLogger("sora2.api.providers.local")
@@ -75,6 +75,8 @@ class JobSpec:
 
     @property
     def scene(self) -> Scene:
+        from sora2.api.providers.render import Scene
+
         return Scene(
             prompt=self.prompt,
             width=self.width,
@@ -573,6 +575,10 @@ def render_slot(root: Path, slots: int, stop: Callable[[], bool]) -> Iterator[bo
 
 def render_job(folder: JobFolder, slots: int) -> int:
     """Render one job folder to completion unless someone else already is; the exit code."""
+    # Only the render child needs PyAV and numpy: importing them here, not at the top, keeps a
+    # third of a second off every start of the api and the worker, which never render themselves.
+    from sora2.api.providers.render import RenderStopped, render_clip
+
     with folder.render_lock() as acquired:
         if not acquired or folder.state() != "pending":
             return 0
