@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.chromium import ensure_chromium
+from tests.debian import CHROMIUM, ensure_installed
 
 
 @pytest.fixture(scope="session")
 def chromium_executable() -> Path:
-    return ensure_chromium()
+    return ensure_installed(str(CHROMIUM), "chromium")
+
+
+@pytest.fixture(scope="session")
+def nginx_executable() -> Path:
+    return ensure_installed("nginx", "nginx")

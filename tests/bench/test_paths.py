@@ -6,8 +6,6 @@ numbers about nothing: these checks run each server once, without load.
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -46,24 +44,21 @@ def backend_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         backend.stop()
 
 
-def _requires(builder: Callable[[Path, int, str], Server]) -> list[pytest.MarkDecorator]:
-    if builder is nginx_server and shutil.which("nginx") is None:
-        return [pytest.mark.skip(reason="nginx is not installed (apt-get install nginx)")]
-    if builder is fastapi_server and importlib.util.find_spec("httpx") is None:
-        return [pytest.mark.skip(reason="httpx comes with the bench extra: make bench installs it")]
-    return []
-
-
 @pytest.mark.parametrize(
     "builder",
     [
-        pytest.param(builder, id=builder.__name__, marks=_requires(builder))
+        pytest.param(builder, id=builder.__name__)
         for builder in (sora2_server, nginx_server, fastapi_server, bare_server)
     ],
 )
 def test_path_forwards_small_json_and_a_download(
-    builder: Callable[[Path, int, str], Server], backend_url: str, tmp_path: Path
+    builder: Callable[[Path, int, str], Server],
+    backend_url: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if builder is nginx_server:
+        request.getfixturevalue("nginx_executable")  # installed with apt when missing
     port = free_port()
     server = builder(tmp_path, port, backend_url)
     server.start()

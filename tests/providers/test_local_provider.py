@@ -27,7 +27,7 @@ from sora2.api.providers.base import (
 from sora2.api.providers.local import JobFolder, LocalProvider, spec_from_request
 from sora2.api.providers.render import THUMBNAIL_AT
 from sora2.settings import load_settings
-from tests.chromium import CHROMIUM_ARGS
+from tests.debian import CHROMIUM_ARGS
 from tests.fakes.servers import serving
 
 DEADLINE_SECONDS = 60.0

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from tests.chromium import CHROMIUM_ARGS
+from tests.debian import CHROMIUM_ARGS
 from tests.fakes.servers import free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"

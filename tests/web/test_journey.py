@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from tests.web.conftest import Stack, register, screenshot, unique_email
 
@@ -273,6 +273,35 @@ def test_regenerate_and_delete_ask_first_and_do_what_they_say(page: Page, stack:
     expect(page.locator(f'.video-card[data-video-id="{original}"]')).to_be_visible()
     expect(page.locator("[data-gallery-status]")).to_have_text("Video deleted. 1 video")
     expect(page).to_have_url(re.compile(r"/gallery$"))
+
+
+def test_generating_again_after_a_lost_answer_makes_one_video(page: Page, stack: Stack) -> None:
+    register(page, email=unique_email("lost"), nickname="Lost")
+    cost = prices(page)["sora-2"] * 4
+    answers_lost: list[str | None] = []
+
+    def lose_the_first_answer(route: Route) -> None:
+        if answers_lost:
+            route.continue_()
+            return
+        route.fetch()  # the api creates and charges the video...
+        answers_lost.append(route.request.headers.get("idempotency-key"))
+        route.abort("connectionreset")  # ...and the browser never hears of it
+
+    page.route("**/api/proxy/videos", lose_the_first_answer)
+    page.goto("/generate")
+    page.get_by_label("Prompt").fill("A lighthouse in fog")
+    page.get_by_label("Length").select_option("4")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_role("button", name="Generate")).to_be_enabled()
+    assert len(answers_lost) == 1
+    assert answers_lost[0]  # the form sent a key with its request
+
+    page.get_by_role("button", name="Generate").click()  # what anyone does next
+    page.wait_for_url(re.compile(r"/videos/[A-Za-z0-9_-]+$"))
+    expect(page.locator("[data-balance-badge]")).to_have_text(f"{100 - cost} credits")
+    page.goto("/gallery")
+    expect(page.locator(".video-card")).to_have_count(1)
 
 
 def test_the_profile_saves_a_nickname_and_changes_the_password(page: Page, stack: Stack) -> None:

@@ -2,8 +2,18 @@
 
 from sora2.api.auth.models import AuthSession, RefreshToken
 from sora2.api.credits.models import CreditTransaction
+from sora2.api.idempotency.models import IdempotencyRecord
 from sora2.api.jobs.models import Job, WorkerBeat
 from sora2.api.users.models import User
 from sora2.api.videos.models import Video
 
-__all__ = ["AuthSession", "CreditTransaction", "Job", "RefreshToken", "User", "Video", "WorkerBeat"]
+__all__ = [
+    "AuthSession",
+    "CreditTransaction",
+    "IdempotencyRecord",
+    "Job",
+    "RefreshToken",
+    "User",
+    "Video",
+    "WorkerBeat",
+]

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from sora2.api.context import ApiContext
 from sora2.api.deps import Context, CurrentUser, SessionDep
 from sora2.api.errors import ERROR_RESPONSES, ApiError
+from sora2.api.idempotency.service import IdempotencyKeyHeader, IdempotentRequest, fingerprint
 from sora2.api.schemas import PageNumber, PageSize
 from sora2.api.videos import service
 from sora2.api.videos.models import FINAL_STATUSES, Video
@@ -21,8 +22,10 @@ from sora2.api.videos.schemas import VideoCreate, VideoCreated, VideoOut, VideoP
 
 router = APIRouter(prefix="/api/videos", tags=["videos"], responses=ERROR_RESPONSES)
 
-PAYMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    402: ERROR_RESPONSES[400] | {"description": "Not enough credits"}
+CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    402: ERROR_RESPONSES[400] | {"description": "Not enough credits"},
+    422: ERROR_RESPONSES[400]
+    | {"description": "A field is invalid, or the Idempotency-Key was used for another request"},
 }
 STATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: ERROR_RESPONSES[400] | {"description": "Not possible in this state"}
@@ -31,8 +34,16 @@ SSE_KEEPALIVE_SECONDS = 15.0
 
 
 async def _create(
-    context: ApiContext, session: SessionDep, user_id: str, body: VideoCreate
-) -> VideoCreated:
+    context: ApiContext,
+    session: SessionDep,
+    user_id: str,
+    body: VideoCreate,
+    *,
+    idempotent: IdempotentRequest | None,
+) -> VideoCreated | JSONResponse:
+    """Charge and queue (202), or replay the answer to an earlier request with the same key."""
+    if idempotent is not None and (replay := await idempotent.claim()) is not None:
+        return replay
     video, balance = await service.create(
         session,
         settings=context.settings,
@@ -42,17 +53,34 @@ async def _create(
         seconds=body.seconds,
         size=body.size,
     )
-    return VideoCreated.model_validate(
+    created = VideoCreated.model_validate(
         {**VideoOut.model_validate(video).model_dump(), "balance": balance}
     )
+    if idempotent is not None:
+        idempotent.complete(202, created.model_dump(mode="json", by_alias=True))
+    await session.commit()
+    return created
 
 
-@router.post("", response_model=VideoCreated, status_code=202, responses=PAYMENT_RESPONSES)
+@router.post("", response_model=VideoCreated, status_code=202, responses=CREATE_RESPONSES)
 async def create_video(
-    body: VideoCreate, user: CurrentUser, context: Context, session: SessionDep
-) -> VideoCreated:
-    """Queue a video: its cost is charged now, refunded on failure."""
-    return await _create(context, session, user.id, body)
+    body: VideoCreate,
+    user: CurrentUser,
+    context: Context,
+    session: SessionDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> VideoCreated | JSONResponse:
+    """Queue a video: its cost is charged now, refunded on failure.
+
+    Send an `Idempotency-Key` to make retrying safe: the same request with the same key answers
+    the first video again (with `Idempotent-Replayed: true`) and is charged once."""
+    idempotent = IdempotentRequest.of(
+        session,
+        user_id=user.id,
+        key=idempotency_key,
+        fingerprint=fingerprint("POST", "/api/videos", body),
+    )
+    return await _create(context, session, user.id, body, idempotent=idempotent)
 
 
 @router.get("", response_model=VideoPage)
@@ -103,12 +131,23 @@ async def cancel_video(
     "/{video_id}/regenerate",
     response_model=VideoCreated,
     status_code=202,
-    responses=PAYMENT_RESPONSES,
+    responses=CREATE_RESPONSES,
 )
 async def regenerate_video(
-    video_id: str, user: CurrentUser, context: Context, session: SessionDep
-) -> VideoCreated:
-    """Make a new video from the same prompt and options; it is charged again."""
+    video_id: str,
+    user: CurrentUser,
+    context: Context,
+    session: SessionDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> VideoCreated | JSONResponse:
+    """Make a new video from the same prompt and options; it is charged again (once per
+    `Idempotency-Key`, as for create)."""
+    idempotent = IdempotentRequest.of(
+        session,
+        user_id=user.id,
+        key=idempotency_key,
+        fingerprint=fingerprint("POST", f"/api/videos/{video_id}/regenerate"),
+    )
     source = await service.get_own(session, user_id=user.id, video_id=video_id)
     body = VideoCreate.model_validate(
         {
@@ -118,7 +157,7 @@ async def regenerate_video(
             "size": source.size,
         }
     )
-    return await _create(context, session, user.id, body)
+    return await _create(context, session, user.id, body, idempotent=idempotent)
 
 
 def _sse(event: str, data: dict[str, object]) -> bytes:

@@ -33,7 +33,8 @@ async def create(
     seconds: int,
     size: str,
 ) -> tuple[Video, int]:
-    """Inserts the video and its job and charges for it, all committed together (or nothing)."""
+    """Inserts the video and its job and charges for it, in the caller's transaction: the caller
+    commits all of it together (with its idempotency key, if any), or nothing."""
     video = Video(
         user_id=user_id,
         prompt=prompt,
@@ -53,7 +54,7 @@ async def create(
         description=f"{model}, {seconds} s, {size}",
     )
     session.add(Job(video_id=video.id))
-    await session.commit()
+    await session.flush()
     return video, balance
 
 

@@ -34,8 +34,8 @@ export function apiUrl(path, query = {}) {
   return url.pathname + url.search;
 }
 
-async function send(method, path, { body, query } = {}) {
-  const headers = { Accept: "application/json" };
+async function send(method, path, { body, query, headers: extra } = {}) {
+  const headers = { Accept: "application/json", ...extra };
   const init = { method, headers, credentials: "same-origin", cache: "no-store" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -98,9 +98,21 @@ export async function request(method, path, options = {}) {
   return body;
 }
 
+/**
+ * A fresh Idempotency-Key: 128 random bits in hex. (crypto.randomUUID exists only in secure
+ * contexts, and the app may be reached over plain http on a LAN address.)
+ */
+export function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
 export const api = {
   get: (path, query) => request("GET", path, { query }),
   post: (path, body) => request("POST", path, { body }),
+  /** A POST the api deduplicates: the same key again answers the first result, charged once. */
+  postOnce: (path, body, idempotencyKey) =>
+    request("POST", path, { body, headers: { "Idempotency-Key": idempotencyKey } }),
   put: (path, body) => request("PUT", path, { body }),
   delete: (path) => request("DELETE", path),
 };

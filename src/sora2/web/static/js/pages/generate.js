@@ -1,6 +1,6 @@
 // Generate: the prompt with its counter, the choices, the cost against the balance, and on
 // submit the new video's page. What is typed survives an outage and a reload (a draft).
-import { api } from "../api.js";
+import { api, newIdempotencyKey } from "../api.js";
 import { startPage } from "../common.js";
 import {
   clearDraft,
@@ -60,6 +60,16 @@ if (new URLSearchParams(window.location.search).has("welcome")) {
   showStatus(form, gift ? `Welcome! Your account comes with ${credits(gift)} free.` : "Welcome!", "ok");
 }
 
+// One key per distinct request: submitting the same form again after a lost answer repeats that
+// request (the api answers the first video and charges once); a changed form is a new request.
+let attempt = { request: "", key: "" };
+
+function idempotencyKeyFor(request) {
+  const text = JSON.stringify(request);
+  if (attempt.request !== text) attempt = { request: text, key: newIdempotencyKey() };
+  return attempt.key;
+}
+
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   clearErrors(form);
@@ -72,14 +82,8 @@ form.addEventListener("submit", async (event) => {
   }
   setBusy(form, true);
   try {
-    const created = normalizeVideo(
-      await api.post("videos", {
-        prompt: text,
-        model: values.model,
-        seconds: Number(values.seconds),
-        size: values.size,
-      }),
-    );
+    const request = { prompt: text, model: values.model, seconds: Number(values.seconds), size: values.size };
+    const created = normalizeVideo(await api.postOnce("videos", request, idempotencyKeyFor(request)));
     clearDraft(form);
     window.location.assign(`/videos/${encodeURIComponent(created.id)}`);
   } catch (error) {

@@ -1,7 +1,7 @@
 // One video: live progress over server-sent events (reconnecting, through the proxy), then the
 // player, the download, and the actions its state allows: cancel (refund shown), regenerate,
 // delete.
-import { api, ApiError, apiUrl } from "../api.js";
+import { api, ApiError, apiUrl, newIdempotencyKey } from "../api.js";
 import { startPage } from "../common.js";
 import { credits, dateTime, statusLabel } from "../format.js";
 import { isFinal, normalizeVideo } from "../models.js";
@@ -205,6 +205,10 @@ $("cancel").addEventListener("click", (event) =>
   }),
 );
 
+// Regenerating is one request however often it is sent from this page: a click after a lost
+// answer repeats it (one new video, charged once); success leaves the page.
+const regenerateKey = newIdempotencyKey();
+
 $("regenerate").addEventListener("click", (event) =>
   runAction(event.currentTarget, async () => {
     const ok = await confirmAction(
@@ -213,7 +217,7 @@ $("regenerate").addEventListener("click", (event) =>
       "Regenerate",
     );
     if (!ok) return;
-    const created = normalizeVideo(await api.post(`videos/${videoId}/regenerate`));
+    const created = normalizeVideo(await api.postOnce(`videos/${videoId}/regenerate`, undefined, regenerateKey));
     window.location.assign(`/videos/${encodeURIComponent(created.id)}`);
   }),
 );
