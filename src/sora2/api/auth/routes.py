@@ -39,6 +39,17 @@ def _session_response(
     )
 
 
+async def _sign_in(
+    request: Request, response: Response, context: ApiContext, session: SessionDep, user: User
+) -> SessionOut:
+    """A new session for `user`, committed with whatever the route did, and its answer."""
+    issued = await service.start_session(
+        session, user_id=user.id, ttl_days=context.settings.refresh_token_ttl_days
+    )
+    await session.commit()
+    return _session_response(request, response, context, user, issued)
+
+
 @router.post(
     "/register", response_model=SessionOut, status_code=201, responses={409: ERROR_RESPONSES[400]}
 )
@@ -66,11 +77,7 @@ async def register(
         nickname=body.nickname,
         signup_credits=settings.signup_credits,
     )
-    issued = await service.start_session(
-        session, user_id=user.id, ttl_days=settings.refresh_token_ttl_days
-    )
-    await session.commit()
-    return _session_response(request, response, context, user, issued)
+    return await _sign_in(request, response, context, session, user)
 
 
 @router.post("/login", response_model=SessionOut)
@@ -99,11 +106,7 @@ async def login(
     except ApiError:
         context.limiter.record(account_key)
         raise
-    issued = await service.start_session(
-        session, user_id=user.id, ttl_days=settings.refresh_token_ttl_days
-    )
-    await session.commit()
-    return _session_response(request, response, context, user, issued)
+    return await _sign_in(request, response, context, session, user)
 
 
 @router.post("/refresh", response_model=SessionOut)

@@ -153,3 +153,27 @@ export function handleSubmitError(form, error, rateLimitLead = "Too many attempt
   }
   showError(form, error);
 }
+
+/**
+ * The submit flow every form shares: clear old errors; `check(values)` marks the fields it refuses
+ * (focus goes to the first); the form is busy while `send(values)` works. On failure the form is
+ * usable again and the error is explained, unless `explain(error)` did it and returned true.
+ */
+export function onSubmit(form, { check = () => true, send, explain = () => false, rateLimitLead }) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const values = formValues(form);
+    if (!check(values)) {
+      form.querySelector("[aria-invalid=true]")?.focus();
+      return;
+    }
+    setBusy(form, true);
+    try {
+      await send(values);
+    } catch (error) {
+      setBusy(form, false);
+      if (!explain(error)) handleSubmitError(form, error, rateLimitLead);
+    }
+  });
+}

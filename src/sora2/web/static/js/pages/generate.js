@@ -2,16 +2,7 @@
 // submit the new video's page. What is typed survives an outage and a reload (a draft).
 import { api, newIdempotencyKey } from "../api.js";
 import { startPage } from "../common.js";
-import {
-  clearDraft,
-  clearErrors,
-  formValues,
-  handleSubmitError,
-  keepDraft,
-  setBusy,
-  showFieldError,
-  showStatus,
-} from "../forms.js";
+import { clearDraft, keepDraft, onSubmit, showFieldError, showStatus } from "../forms.js";
 import { choices, costOf, credits, usePrices } from "../format.js";
 import { normalizeVideo } from "../models.js";
 import { loadCredits } from "../session.js";
@@ -70,27 +61,28 @@ function idempotencyKeyFor(request) {
   return attempt.key;
 }
 
-form.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  clearErrors(form);
-  const values = formValues(form);
-  const text = values.prompt.trim();
-  if (!text) {
+onSubmit(form, {
+  check: (values) => {
+    if (values.prompt.trim()) return true;
     showFieldError(form, "prompt", "Describe the video you want: the prompt cannot be empty.");
-    prompt.focus();
-    return;
-  }
-  setBusy(form, true);
-  try {
-    const request = { prompt: text, model: values.model, seconds: Number(values.seconds), size: values.size };
+    return false;
+  },
+  send: async (values) => {
+    const request = {
+      prompt: values.prompt.trim(),
+      model: values.model,
+      seconds: Number(values.seconds),
+      size: values.size,
+    };
     const created = normalizeVideo(await api.postOnce("videos", request, idempotencyKeyFor(request)));
     clearDraft(form);
     window.location.assign(`/videos/${encodeURIComponent(created.id)}`);
-  } catch (error) {
-    setBusy(form, false);
-    updateCost();
-    handleSubmitError(form, error, "Too many videos requested at once.");
-  }
+  },
+  explain: () => {
+    updateCost(); // the submit button stays off while the balance is short
+    return false;
+  },
+  rateLimitLead: "Too many videos requested at once.",
 });
 
 startPage(async () => {

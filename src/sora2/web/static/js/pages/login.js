@@ -2,16 +2,7 @@
 // the visitor was going.
 import { api } from "../api.js";
 import { startPage } from "../common.js";
-import {
-  clearDraft,
-  clearErrors,
-  formValues,
-  handleSubmitError,
-  keepDraft,
-  setBusy,
-  showFieldError,
-  showStatus,
-} from "../forms.js";
+import { clearDraft, keepDraft, onSubmit, showFieldError, showStatus } from "../forms.js";
 import { safeNext } from "../session.js";
 
 const form = document.getElementById("login-form");
@@ -29,29 +20,21 @@ function checkFilledIn(values) {
   return ok;
 }
 
-form.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  clearErrors(form);
-  const values = formValues(form);
-  if (!checkFilledIn(values)) {
-    form.querySelector("[aria-invalid=true]")?.focus();
-    return;
-  }
-  setBusy(form, true);
-  try {
+onSubmit(form, {
+  check: checkFilledIn,
+  send: async (values) => {
     await api.post("auth/login", { email: values.email.trim(), password: values.password });
     clearDraft(form);
     window.location.assign(next);
-  } catch (error) {
-    setBusy(form, false);
-    if (error.status === 401) {
-      form.elements.password.value = "";
-      showStatus(form, error.message || "Wrong email or password.");
-      form.elements.password.focus();
-      return;
-    }
-    handleSubmitError(form, error, "Too many sign-in attempts.");
-  }
+  },
+  explain: (error) => {
+    if (error.status !== 401) return false;
+    form.elements.password.value = "";
+    showStatus(form, error.message || "Wrong email or password.");
+    form.elements.password.focus();
+    return true;
+  },
+  rateLimitLead: "Too many sign-in attempts.",
 });
 
 startPage(async (user) => {

@@ -1,16 +1,7 @@
 // The profile: nickname, password change, balance and the history of credits.
 import { api } from "../api.js";
 import { startPage } from "../common.js";
-import {
-  clearDraft,
-  clearErrors,
-  formValues,
-  handleSubmitError,
-  keepDraft,
-  setBusy,
-  showFieldError,
-  showStatus,
-} from "../forms.js";
+import { clearDraft, keepDraft, onSubmit, setBusy, showFieldError, showStatus } from "../forms.js";
 import { credits, dateTime, signedCredits } from "../format.js";
 import { normalizeBalance, normalizePage, normalizeTransaction, normalizeUser } from "../models.js";
 
@@ -98,48 +89,38 @@ async function loadAll() {
 
 keepDraft(nicknameForm);
 
-nicknameForm.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  clearErrors(nicknameForm);
-  const nickname = formValues(nicknameForm).nickname.trim();
-  if (!nickname) {
+onSubmit(nicknameForm, {
+  check: (values) => {
+    if (values.nickname.trim()) return true;
     showFieldError(nicknameForm, "nickname", "A nickname cannot be empty.");
-    return;
-  }
-  setBusy(nicknameForm, true);
-  try {
-    await api.put("users/profile", { nickname });
+    return false;
+  },
+  send: async (values) => {
+    await api.put("users/profile", { nickname: values.nickname.trim() });
     clearDraft(nicknameForm);
     setBusy(nicknameForm, false);
     showStatus(nicknameForm, "Nickname saved.", "ok");
-  } catch (error) {
-    setBusy(nicknameForm, false);
-    handleSubmitError(nicknameForm, error);
-  }
+  },
 });
 
-passwordForm.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  clearErrors(passwordForm);
-  const values = formValues(passwordForm);
-  if (values.newPassword.length < 8) {
-    showFieldError(passwordForm, "newPassword", "Use at least 8 characters.");
-    return;
-  }
-  if (values.confirm !== values.newPassword) {
-    showFieldError(passwordForm, "confirm", "The two passwords differ: type the same one twice.");
-    return;
-  }
-  setBusy(passwordForm, true);
-  try {
+onSubmit(passwordForm, {
+  check: (values) => {
+    if (values.newPassword.length < 8) {
+      showFieldError(passwordForm, "newPassword", "Use at least 8 characters.");
+      return false;
+    }
+    if (values.confirm !== values.newPassword) {
+      showFieldError(passwordForm, "confirm", "The two passwords differ: type the same one twice.");
+      return false;
+    }
+    return true;
+  },
+  send: async (values) => {
     await api.put("users/password", { currentPassword: values.currentPassword, newPassword: values.newPassword });
     for (const name of ["currentPassword", "newPassword", "confirm"]) passwordForm.elements[name].value = "";
     setBusy(passwordForm, false);
     showStatus(passwordForm, "Password changed. Your other devices are signed out.", "ok");
-  } catch (error) {
-    setBusy(passwordForm, false);
-    handleSubmitError(passwordForm, error);
-  }
+  },
 });
 
 txPager.querySelector("[data-tx-prev]").addEventListener("click", () => {

@@ -1,15 +1,7 @@
 // Create an account, then start a session and go to the generate page.
 import { api, ApiError } from "../api.js";
 import { startPage } from "../common.js";
-import {
-  clearDraft,
-  clearErrors,
-  formValues,
-  handleSubmitError,
-  keepDraft,
-  setBusy,
-  showFieldError,
-} from "../forms.js";
+import { clearDraft, keepDraft, onSubmit, showFieldError } from "../forms.js";
 
 const form = document.getElementById("register-form");
 const MIN_PASSWORD = 8;
@@ -42,25 +34,16 @@ async function startSession(email, password) {
   }
 }
 
-form.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  clearErrors(form);
-  const values = formValues(form);
-  if (!checkValues(values)) {
-    form.querySelector("[aria-invalid=true]")?.focus();
-    return;
-  }
-  setBusy(form, true);
-  const email = values.email.trim();
-  try {
+onSubmit(form, {
+  check: checkValues,
+  send: async (values) => {
+    const email = values.email.trim();
     await api.post("auth/register", { email, password: values.password, nickname: values.nickname.trim() });
     clearDraft(form);
     await startSession(email, values.password);
     window.location.assign("/generate?welcome=1");
-  } catch (error) {
-    setBusy(form, false);
-    handleSubmitError(form, error, "Too many accounts created from here.");
-  }
+  },
+  rateLimitLead: "Too many accounts created from here.",
 });
 
 startPage(async (user) => {
