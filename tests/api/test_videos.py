@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,22 @@ async def test_the_prompt_is_trimmed_and_bounded(api: RunningApi) -> None:
         status, body = await create(api, token, prompt=prompt)
         assert status == 422
         assert body["details"]["fields"][0]["field"] == "prompt"
+
+
+@pytest.mark.parametrize("prompt", ["a cat\u0000 at night", "a cat \ud800 at night"])
+async def test_text_no_database_can_store_is_a_422_not_a_500(api: RunningApi, prompt: str) -> None:
+    token, _ = await api.register()
+    # json.dumps writes both as \u escapes, as a hostile client would send them.
+    status, body, _ = await api.request(
+        "POST",
+        "/api/videos",
+        token=token,
+        data=json.dumps({"prompt": prompt}),
+        headers={"Content-Type": "application/json"},
+    )
+    assert status == 422
+    assert body["details"]["fields"][0]["field"] == "prompt"
+    assert await balance(api, token) == 100
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -15,6 +15,17 @@ class Input(BaseModel):
     model_config = ConfigDict(
         extra="forbid", alias_generator=to_camel, populate_by_name=True, str_strip_whitespace=True
     )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        """PostgreSQL text cannot hold NUL: it would fail at the INSERT as a 500. Refused here as
+        a 422 naming the field. (Unpaired surrogates never get this far: pydantic refuses them.)"""
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError(
+                "contains a NUL character (\\u0000), which cannot be stored; remove it"
+            )
+        return value
 
 
 class Output(BaseModel):
