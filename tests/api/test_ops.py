@@ -86,6 +86,7 @@ async def test_health_names_the_database_when_it_is_unreachable(
     through_relay = database_url.replace(f":{target.port}/", f":{relay.port}/")
     async with running_api(make_settings(through_relay, tmp_path), ScriptedProvider()) as api:
         assert (await api.request("GET", "/api/health"))[0] == 200
+        token, _ = await api.register()
         await relay.cut()
         status, body, _ = await api.request("GET", "/api/health")
         assert status == 503
@@ -94,6 +95,14 @@ async def test_health_names_the_database_when_it_is_unreachable(
         assert (await api.request("GET", "/api/health/ready"))[0] == 503
         status, body, _ = await api.request("GET", "/api/auth/me", token="x")
         assert status == 401  # an invalid token is still refused without the database
+        for method, path in (("GET", "/api/videos"), ("POST", "/api/videos")):
+            status, body, response = await api.request(
+                method, path, token=token, json={"prompt": "a heron"}
+            )
+            assert status == 503, body  # the database is out, not the api broken
+            assert "database" in body["message"]
+            assert response.headers["Retry-After"]
+            assert body["requestId"] == response.headers["X-Request-ID"]
 
 
 async def test_metrics_count_requests_and_queue_depth(api: RunningApi) -> None:

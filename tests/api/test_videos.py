@@ -76,6 +76,22 @@ async def test_text_no_database_can_store_is_a_422_not_a_500(api: RunningApi, pr
 
 
 @pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/videos/%00"),
+        ("POST", "/api/videos/a%00b/cancel"),
+        ("GET", "/api/videos?status=queued%00"),
+    ],
+)
+async def test_a_nul_in_the_url_is_a_400(api: RunningApi, method: str, path: str) -> None:
+    token, _ = await api.register()
+    status, body, response = await api.request(method, path, token=token)
+    assert status == 400
+    assert "NUL" in body["message"]
+    assert body["requestId"] == response.headers["X-Request-ID"]
+
+
+@pytest.mark.parametrize(
     ("field", "value"),
     [
         ("seconds", -4),

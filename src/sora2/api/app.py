@@ -71,7 +71,7 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
         lifespan=lifespan,
     )
     app.state.context = context
-    install_error_handlers(app, show_internals=settings.is_development)
+    install_error_handlers(app)
     for router in (
         health_router,
         auth_router,
@@ -95,7 +95,11 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
         expose_headers=["X-Request-ID", "Retry-After", "Content-Range", "Content-Disposition"],
         max_age=600,
     )
-    app.add_middleware(RequestContextMiddleware, metrics=context.metrics)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=context.metrics,
+        show_internals=settings.is_development,
+    )
     return app
 
 

@@ -15,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sora2.logs import request_id_var
@@ -116,7 +118,7 @@ def _describe_validation(error: RequestValidationError) -> tuple[int, str, list[
     return 422, f"Invalid request: {summary}.", problems
 
 
-def install_error_handlers(app: FastAPI, *, show_internals: bool) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.error, exc.message, exc.details, exc.headers)
@@ -135,12 +137,38 @@ def install_error_handlers(app: FastAPI, *, show_internals: bool) -> None:
             message = "No such route: check the path against /api-docs."
         return error_response(exc.status_code, title, message, headers=dict(exc.headers or {}))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error")
-        message = (
-            f"{type(exc).__name__}: {exc}"
-            if show_internals
-            else "Something went wrong on our side. Try again; if it persists, quote the requestId."
+
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def is_database_outage(error: Exception) -> bool:
+    """The database refused, dropped or timed out a connection (or its pool is exhausted): a
+    passing condition, not a bug. A request's only network peer is the database, so a connection
+    error escaping a route is the database's."""
+    if isinstance(error, ConnectionError | TimeoutError | PoolTimeout):
+        return True
+    return isinstance(error, DBAPIError) and (
+        error.connection_invalidated or isinstance(error.orig, ConnectionError | TimeoutError)
+    )
+
+
+def unexpected_error_response(error: Exception, *, show_internals: bool) -> JSONResponse:
+    """What an exception no route handled becomes: 503 when the database is out of reach (the
+    client should retry), else a 500 for a bug, logged with its traceback and never shown
+    outside development."""
+    if is_database_outage(error):
+        logger.warning("database unreachable: %s", type(error).__name__)
+        return error_response(
+            503,
+            "Service Unavailable",
+            "The database is unreachable right now, so this request could not be completed; "
+            f"try again in {DATABASE_RETRY_AFTER_SECONDS} s. `/api/health` shows when it is back.",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
         )
-        return error_response(500, "Internal Server Error", message)
+    logger.error("unhandled error", exc_info=error)
+    message = (
+        f"{type(error).__name__}: {error}"
+        if show_internals
+        else "Something went wrong on our side. Try again; if it persists, quote the requestId."
+    )
+    return error_response(500, "Internal Server Error", message)

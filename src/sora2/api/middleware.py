@@ -3,6 +3,10 @@
 The request id is the proxy's `X-Request-ID` when it is sane (else a new one); it is put in the
 logging context so every log line of the exchange carries it, and echoed on the response.
 Only the method, route template, status and time are logged: never bodies, cookies or queries.
+
+It is the outermost of our middleware, so it also answers what nothing inside may see: a URL
+with a NUL in it (no id or filter contains one, and PostgreSQL would fail on it), and the 500 for
+an unhandled error, which Starlette would otherwise render after the request id is gone.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sora2.api.errors import error_response, unexpected_error_response
 from sora2.api.metrics import ApiMetrics
 from sora2.logs import request_id_var
 
@@ -36,6 +41,11 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def _has_nul(scope: Scope) -> bool:
+    query: bytes = scope.get("query_string", b"")
+    return "\x00" in scope["path"] or b"%00" in query or b"\x00" in query
+
+
 def _route_template(scope: Scope) -> str:
     route = scope.get("route")
     path: object = getattr(route, "path", None)
@@ -43,9 +53,10 @@ def _route_template(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, show_internals: bool) -> None:
         self.app = app
         self.metrics = metrics
+        self.show_internals = show_internals
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,11 +66,13 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 headers.extend(SECURITY_HEADERS)
@@ -70,7 +83,20 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            if _has_nul(scope):
+                refused = error_response(
+                    400,
+                    "Bad Request",
+                    "The URL contains a NUL character (%00): no path or filter has one; remove it.",
+                )
+                await refused(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
+        except Exception as error:
+            if response_started:
+                raise  # the status is out; the server can only cut the connection
+            crashed = unexpected_error_response(error, show_internals=self.show_internals)
+            await crashed(scope, receive, send_with_headers)
         finally:
             route = _route_template(scope)
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
