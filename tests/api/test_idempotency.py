@@ -150,6 +150,14 @@ async def test_regenerate_with_a_key_makes_one_new_video(api: RunningApi) -> Non
     assert answers[0][1]["id"] == answers[1][1]["id"] != source["id"]
     assert await balance_and_videos(api, token) == (SIGNUP_CREDITS - 8, 2)
 
+    # A late repeat still gets its answer after the source video is gone.
+    assert (await api.request("DELETE", f"/api/videos/{source['id']}", token=token))[0] == 204
+    status, late, response = await api.request(
+        "POST", path, token=token, headers={"Idempotency-Key": key}
+    )
+    assert (status, late["id"]) == (202, answers[0][1]["id"])
+    assert response.headers["Idempotent-Replayed"] == "true"
+
 
 @pytest.fixture
 async def proxy_to_api_through_relay(

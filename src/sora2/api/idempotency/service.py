@@ -90,7 +90,10 @@ class IdempotentRequest:
         return cls(session, user_id, _checked_key(key), fingerprint)
 
     async def claim(self) -> JSONResponse | None:
-        """Claims the key for this request, or returns the answer of the request that has it."""
+        """Claims the key for this request, or returns the answer of the request that has it.
+        (Once claimed, claiming again is a no-op.)"""
+        if self._record is not None:
+            return None
         if (replay := await self._replay()) is not None:
             return replay
         await self._forget_expired()

@@ -148,6 +148,9 @@ async def regenerate_video(
         key=idempotency_key,
         fingerprint=fingerprint("POST", f"/api/videos/{video_id}/regenerate"),
     )
+    # The replay comes first: it stands even if the source video was deleted since.
+    if idempotent is not None and (replay := await idempotent.claim()) is not None:
+        return replay
     source = await service.get_own(session, user_id=user.id, video_id=video_id)
     body = VideoCreate.model_validate(
         {
