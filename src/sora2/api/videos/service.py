@@ -56,7 +56,7 @@ async def create(
         description=f"{model}, {seconds} s, {size}",
     )
     session.add(Job(video_id=video.id))
-    await session.flush()
+    await session.flush()  # the job and the charge's ledger row together
     return video, balance
 
 
