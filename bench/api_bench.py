@@ -1,10 +1,12 @@
-"""The api under load: create-video and list requests per second on SQLite and PostgreSQL, and
+"""The api under load: requests per second of its hot routes on SQLite and PostgreSQL, and
 the end-to-end time of a local 4 s 1280x720 job.
 
 One `sora2 serve api` process (APP_ENV=production, migrated first with `sora2 db upgrade`,
 no embedded worker for the request figures) pinned to core 1; the load generator, an aiohttp
-client keeping `CONNECTIONS` requests in flight, on core 0. Each figure is the best of a few
-rounds: the machine is shared, and other processes only ever slow a round down.
+client keeping `CONNECTIONS` requests in flight, on core 0. Each rate is the best of a few
+rounds: the machine is shared, and other processes only ever slow a round down. The api's own
+CPU time per request (user + system, all its threads, over every round) depends far less on
+that noise than a rate does: it is the figure to compare between runs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 
+from bench import _noise
 from bench._processes import Server, free_port
 
 CONNECTIONS = 32
@@ -39,6 +42,7 @@ class Load:
     seconds: float
     latencies_ms: list[float]
     errors: int
+    cpu_ms_per_request: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -104,7 +108,7 @@ async def _postgres(sql: str) -> None:
 
 
 @contextmanager
-def _api(database_url: str, workdir: Path, **extra: str) -> Iterator[str]:
+def _api(database_url: str, workdir: Path, **extra: str) -> Iterator[tuple[str, Server]]:
     port = free_port()
     env = {
         "APP_ENV": "production",
@@ -125,7 +129,7 @@ def _api(database_url: str, workdir: Path, **extra: str) -> Iterator[str]:
     try:
         url = f"http://127.0.0.1:{port}"
         server.wait_until(f"{url}/api/health/live", b'{"status":"ok"}')
-        yield url
+        yield url, server
     finally:
         server.stop()
 
@@ -142,22 +146,44 @@ async def _register(url: str) -> str:
             return str(body["accessToken"])
 
 
+async def _create_one(url: str, token: str) -> str:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.post(f"{url}/api/videos", json=CREATE_BODY) as response,
+    ):
+        return str((await response.json())["id"])
+
+
 def _measure(kind: str, quick: bool) -> dict[str, Load]:
     seconds, rounds = (2.0, 1) if quick else (5.0, 3)
     os.sched_setaffinity(0, {0})
     with (
         tempfile.TemporaryDirectory(prefix="sora2-api-bench-") as tmp,
         _database(kind, Path(tmp)) as db,
-        _api(db, Path(tmp)) as url,
+        _api(db, Path(tmp)) as (url, server),
     ):
         token = asyncio.run(_register(url))
+        video = asyncio.run(_create_one(url, token))
         best: dict[str, Load] = {}
+        cpu_s: dict[str, float] = {}
+        served: dict[str, int] = {}
+        routes: list[tuple[str, str, str, object | None]] = [
+            ("create", "POST", "/api/videos", CREATE_BODY),
+            ("list", "GET", "/api/videos?limit=20", None),
+            ("get", "GET", f"/api/videos/{video}", None),
+            ("balance", "GET", "/api/credits/balance", None),
+        ]
         for _ in range(rounds):
-            create = asyncio.run(_drive(f"{url}/api/videos", "POST", token, seconds, CREATE_BODY))
-            listing = asyncio.run(_drive(f"{url}/api/videos?limit=20", "GET", token, seconds, None))
-            for name, load in (("create", create), ("list", listing)):
+            for name, method, path, body in routes:
+                before = server.cpu_seconds()
+                load = asyncio.run(_drive(f"{url}{path}", method, token, seconds, body))
+                cpu_s[name] = cpu_s.get(name, 0.0) + server.cpu_seconds() - before
+                served[name] = served.get(name, 0) + load.requests
                 if name not in best or load.rate > best[name].rate:
                     best[name] = load
+        for name, load in best.items():
+            load.cpu_ms_per_request = 1000 * cpu_s[name] / served[name]
         return best
 
 
@@ -173,7 +199,7 @@ def _end_to_end(quick: bool) -> list[float]:
             VIDEO_PROVIDER="local",
             WORKER_PROVIDER_POLL_MS="100",
             WORKER_IDLE_POLL_MS="50",
-        ) as url,
+        ) as (url, _server),
     ):
         token = asyncio.run(_register(url))
         for _ in range(runs):
@@ -213,19 +239,28 @@ def run(quick: bool) -> str:
         + " per figure.",
         "*create* = `POST /api/videos` (validate, charge, insert video + job in one transaction);",
         "*list* = `GET /api/videos?limit=20` (count + one page of the caller's videos, which grow",
-        "during the run).",
+        "during the run); *get* = `GET /api/videos/{id}`; *balance* = `GET /api/credits/balance`.",
+        "Every request is signed in (token check + a query that the session is still live).",
+        "*CPU ms/req* = the api process's CPU time (user + system, all threads) over all rounds of",
+        "that route divided by the requests it answered: less sensitive to other load than req/s.",
         "",
-        "| database | route | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|",
+        "| database | route | req/s | p50 ms | p99 ms | CPU ms/req | errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
+    before = _noise.snapshot()
     for kind in ("sqlite", "postgresql"):
         for name, load in _measure(kind, quick).items():
             lines.append(
                 f"| {kind} | {name} | {load.rate:,.0f} | {load.percentile(0.5):.1f} | "
-                f"{load.percentile(0.99):.1f} | {load.errors} |"
+                f"{load.percentile(0.99):.1f} | {load.cpu_ms_per_request:.2f} | {load.errors} |"
             )
+    others = _noise.others_share(before, _noise.snapshot())
     times = _end_to_end(quick)
     lines += [
+        "",
+        f"Other processes used {others:.0%} of the machine's CPU during the request figures "
+        "(PostgreSQL's server counts among them; load average at the end "
+        f"{os.getloadavg()[0]:.1f}).",
         "",
         "End to end, local provider, 4 s 1280x720 (create → rendered, copied to storage,",
         "`completed`; api with its embedded worker, SQLite): "

@@ -1,13 +1,19 @@
-"""Typed FastAPI dependencies: the app context, a database session, the signed-in user."""
+"""Typed FastAPI dependencies: the app context, a database session, the signed-in user.
+
+Read routes on the hot path take `ReadConnection` and `CallerDep` (Core, no ORM session);
+routes that write, or hand the user's ORM object on, take `SessionDep` and `CurrentUser`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Select, bindparam, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from sora2.api.auth.models import AuthSession
 from sora2.api.context import ApiContext
@@ -61,10 +67,8 @@ def _bearer_or_cookie(request: Request) -> str | None:
     return request.cookies.get(ACCESS_COOKIE)
 
 
-async def get_current_session(
-    request: Request, context: Context, session: SessionDep
-) -> tuple[User, str]:
-    """The signed-in user and their session id; 401 unless the token and session are live."""
+def _claims(request: Request, context: ApiContext) -> dict[str, str]:
+    """The ids the access token names, as query parameters; 401 without a valid token."""
     token = _bearer_or_cookie(request)
     if token is None:
         raise unauthorized(
@@ -73,19 +77,46 @@ async def get_current_session(
     claims = context.tokens.read(token)
     if claims is None:
         raise unauthorized("Your access token is invalid or expired: refresh it or sign in again.")
-    row = (
-        await session.execute(
-            select(User, AuthSession.revoked_at)
-            .join(AuthSession, AuthSession.user_id == User.id)
-            .where(User.id == claims.user_id, AuthSession.id == claims.session_id)
-        )
-    ).first()
-    if row is None or row[1] is not None:
-        raise unauthorized("This session has ended: sign in again.")
-    user: User = row[0]
-    if user.status != "active":
+    return {"user_id": claims.user_id, "session_id": claims.session_id}
+
+
+def _refuse_unless_live(revoked_at: datetime | None, status: str) -> None:
+    if revoked_at is not None:
+        raise _session_ended()
+    if status != "active":
         raise ApiError(403, "Forbidden", "This account is suspended. Contact support.")
-    return user, claims.session_id
+
+
+def _session_ended() -> ApiError:
+    return unauthorized("This session has ended: sign in again.")
+
+
+def _of_live_session(*columns: Any) -> Select[Any]:
+    return (
+        select(*columns, AuthSession.revoked_at)
+        .join(AuthSession, AuthSession.user_id == User.id)
+        .where(User.id == bindparam("user_id"), AuthSession.id == bindparam("session_id"))
+    )
+
+
+# Built once with bound parameters: composing a statement costs more CPU than running it.
+# Every request asks the database whether its session is still live, so a revoked session is
+# refused at once (tokens are only remembered for their signature check, see AccessTokens).
+_USER_QUERY = _of_live_session(User)
+_CALLER_QUERY = _of_live_session(User.id, User.role, User.status, User.credits)
+
+
+async def get_current_session(
+    request: Request, context: Context, session: SessionDep
+) -> tuple[User, str]:
+    """The signed-in user and their session id; 401 unless the token and session are live."""
+    ids = _claims(request, context)
+    row = (await session.execute(_USER_QUERY, ids)).first()
+    if row is None:
+        raise _session_ended()
+    user: User = row[0]
+    _refuse_unless_live(row.revoked_at, user.status)
+    return user, ids["session_id"]
 
 
 CurrentSession = Annotated[tuple[User, str], Depends(get_current_session)]
@@ -105,3 +136,35 @@ async def get_admin(user: CurrentUser) -> User:
 
 
 AdminUser = Annotated[User, Depends(get_admin)]
+
+
+async def get_read_connection(context: Context) -> AsyncIterator[AsyncConnection]:
+    async with context.database.read_connection() as connection:
+        yield connection
+
+
+# For read routes: SQLAlchemy Core on a plain connection, no ORM session. The session's unit of
+# work, identity map and object loading cost about as much CPU as the rest of such a request.
+ReadConnection = Annotated[AsyncConnection, Depends(get_read_connection, scope="function")]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The signed-in user as read routes need them: a few columns, no ORM object."""
+
+    id: str
+    role: str
+    credits: int
+
+
+async def get_caller(request: Request, context: Context, connection: ReadConnection) -> Caller:
+    """What `get_current_session` checks, answered with Core on the request's read connection."""
+    ids = _claims(request, context)
+    row = (await connection.execute(_CALLER_QUERY, ids)).first()
+    if row is None:
+        raise _session_ended()
+    _refuse_unless_live(row.revoked_at, row.status)
+    return Caller(id=row.id, role=row.role, credits=row.credits)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from sora2.api.credits import service
 from sora2.api.credits.schemas import BalanceOut, TransactionOut, TransactionPage
-from sora2.api.deps import Context, CurrentUser, SessionDep
+from sora2.api.deps import CallerDep, Context, ReadConnection
 from sora2.api.errors import ERROR_RESPONSES
 from sora2.api.schemas import PageNumber, PageSize
 
@@ -14,20 +14,22 @@ router = APIRouter(prefix="/api/credits", tags=["credits"], responses=ERROR_RESP
 
 
 @router.get("/balance", response_model=BalanceOut)
-async def balance(user: CurrentUser, context: Context) -> BalanceOut:
+async def balance(caller: CallerDep, context: Context) -> BalanceOut:
     """Your balance, and the price of a second of video by model."""
-    return BalanceOut(balance=user.credits, prices=context.settings.video_prices)
+    return BalanceOut(balance=caller.credits, prices=context.settings.video_prices)
 
 
 @router.get("/transactions", response_model=TransactionPage)
 async def transactions(
-    user: CurrentUser,
-    session: SessionDep,
+    caller: CallerDep,
+    connection: ReadConnection,
     page: PageNumber = 1,
     limit: PageSize = 20,
 ) -> TransactionPage:
     """Every change to your balance, newest first."""
-    rows, total = await service.list_transactions(session, user_id=user.id, page=page, limit=limit)
+    rows, total = await service.list_transactions(
+        connection, user_id=caller.id, page=page, limit=limit
+    )
     return TransactionPage(
         items=[TransactionOut.model_validate(row) for row in rows],
         page=page,

@@ -5,9 +5,10 @@ SQLite: WAL (readers never block the writer), foreign keys on, a busy timeout fo
 connection. A deferred transaction that reads and then writes can fail at once with SQLITE_BUSY when
 another writer committed in between; taking the write lock up front turns that into a short wait.
 In one process the single connection makes requests queue on the pool instead of on file locks.
-Reads (`read_session`, which GET requests use) go through a second small pool of read-only
-connections with ordinary deferred transactions: in WAL mode they read a consistent snapshot
-while a write is in progress, so listing videos never waits behind a create or a sign-in.
+Reads (`read_session` and `read_connection`, which GET requests use) go through a second small
+pool of read-only connections with ordinary deferred transactions: in WAL mode they read a
+consistent snapshot while a write is in progress, so listing videos never waits behind a create
+or a sign-in.
 On PostgreSQL both are the same engine.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -71,6 +73,12 @@ class Database:
         """A session for reading only (on SQLite, a read-only connection that never waits)."""
         async with self.read_sessions() as session:
             yield session
+
+    @asynccontextmanager
+    async def read_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection for reading only: like `read_session`, without the ORM's upkeep."""
+        async with self.read_engine.connect() as connection:
+            yield connection
 
     async def ping(self) -> None:
         # Through a reader: a health check must not queue behind writes on SQLite's one writer.

@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from sora2.api.context import ApiContext
-from sora2.api.deps import Context, CurrentUser, SessionDep
+from sora2.api.deps import CallerDep, Context, CurrentUser, ReadConnection, SessionDep
 from sora2.api.errors import ERROR_RESPONSES, ApiError
 from sora2.api.idempotency.service import IdempotencyKeyHeader, IdempotentRequest, fingerprint
 from sora2.api.schemas import PageNumber, PageSize
@@ -85,15 +85,15 @@ async def create_video(
 
 @router.get("", response_model=VideoPage)
 async def list_videos(
-    user: CurrentUser,
-    session: SessionDep,
+    caller: CallerDep,
+    connection: ReadConnection,
     status: Annotated[VideoStatus | None, Query(description="only videos in this state")] = None,
     page: PageNumber = 1,
     limit: PageSize = 20,
 ) -> VideoPage:
     """Your videos, newest first."""
     rows, total = await service.list_own(
-        session, user_id=user.id, status=status, page=page, limit=limit
+        connection, user_id=caller.id, status=status, page=page, limit=limit
     )
     return VideoPage(
         items=[VideoOut.model_validate(v) for v in rows], page=page, limit=limit, total=total
@@ -101,9 +101,9 @@ async def list_videos(
 
 
 @router.get("/{video_id}", response_model=VideoOut)
-async def get_video(video_id: str, user: CurrentUser, session: SessionDep) -> VideoOut:
+async def get_video(video_id: str, caller: CallerDep, connection: ReadConnection) -> VideoOut:
     return VideoOut.model_validate(
-        await service.get_own(session, user_id=user.id, video_id=video_id)
+        await service.read_own(connection, user_id=caller.id, video_id=video_id)
     )
 
 
@@ -202,13 +202,13 @@ async def _video_events(context: ApiContext, user_id: str, video_id: str) -> Asy
     responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
 )
 async def video_events(
-    video_id: str, user: CurrentUser, context: Context, session: SessionDep
+    video_id: str, caller: CallerDep, context: Context, connection: ReadConnection
 ) -> StreamingResponse:
     """Server-sent events: `progress` at every status or progress change, `done` at the end."""
-    await service.get_own(session, user_id=user.id, video_id=video_id)
-    await session.close()  # the stream opens short sessions of its own; hold no connection
+    await service.read_own(connection, user_id=caller.id, video_id=video_id)
+    await connection.close()  # the stream opens short sessions of its own; hold no connection
     return StreamingResponse(
-        _video_events(context, user.id, video_id),
+        _video_events(context, caller.id, video_id),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -236,15 +236,16 @@ def _check_range(request: Request, path: Path) -> None:
         ) from None
 
 
-def _file_of(context: ApiContext, video: Video, key: str | None, what: str) -> str:
-    if video.status != "completed" or key is None:
+def _file_of(context: ApiContext, video: dict[str, Any], key: str, what: str) -> str:
+    status, stored = video["status"], video[key]
+    if status != "completed" or stored is None:
         raise ApiError(
             409,
             "Conflict",
-            f"This video is {video.status}: its {what} exists once it has completed.",
-            details={"status": video.status},
+            f"This video is {status}: its {what} exists once it has completed.",
+            details={"status": status},
         )
-    path = context.storage.path(key)
+    path = context.storage.path(stored)
     if not path.is_file():
         raise ApiError(404, "Not Found", f"The {what} file of this video is missing from storage.")
     return str(path)
@@ -261,19 +262,19 @@ FILE_RESPONSES: dict[int | str, dict[str, Any]] = STATE_RESPONSES | {
 async def video_content(
     request: Request,
     video_id: str,
-    user: CurrentUser,
+    caller: CallerDep,
     context: Context,
-    session: SessionDep,
+    connection: ReadConnection,
     download: Annotated[bool, Query(description="add Content-Disposition: attachment")] = False,
 ) -> FileResponse:
     """The MP4; `Range` requests get 206 (416 outside the file); `?download=1` saves as a file."""
-    video = await service.get_own(session, user_id=user.id, video_id=video_id)
-    path = _file_of(context, video, video.video_key, "video")
+    video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
+    path = _file_of(context, video, "video_key", "video")
     _check_range(request, Path(path))
     return FileResponse(
         path,
         media_type="video/mp4",
-        filename=f"sora2-{video.id}.mp4" if download else None,
+        filename=f"sora2-{video_id}.mp4" if download else None,
         content_disposition_type="attachment",
         headers={"Cache-Control": "private, max-age=3600"},
     )
@@ -290,10 +291,10 @@ THUMBNAIL_RESPONSES: dict[int | str, dict[str, Any]] = STATE_RESPONSES | {
     responses=THUMBNAIL_RESPONSES,
 )
 async def video_thumbnail(
-    video_id: str, user: CurrentUser, context: Context, session: SessionDep
+    video_id: str, caller: CallerDep, context: Context, connection: ReadConnection
 ) -> FileResponse:
-    video = await service.get_own(session, user_id=user.id, video_id=video_id)
-    path = _file_of(context, video, video.thumbnail_key, "thumbnail")
+    video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
+    path = _file_of(context, video, "thumbnail_key", "thumbnail")
     return FileResponse(
         path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
     )

@@ -7,8 +7,10 @@ only that one writes the refund, in the same transaction.
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, bindparam, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from sora2.api.credits.service import charge, refund
 from sora2.api.db.base import utcnow
@@ -54,7 +56,7 @@ async def create(
         description=f"{model}, {seconds} s, {size}",
     )
     session.add(Job(video_id=video.id))
-    await session.flush()
+    await session.flush()  # the job and the charge's ledger row together
     return video, balance
 
 
@@ -65,25 +67,46 @@ async def get_own(session: AsyncSession, *, user_id: str, video_id: str) -> Vide
     return video
 
 
+# Read routes use Core statements built once with bound parameters (see `sora2.api.deps`): rows
+# come back as plain dicts, which pydantic validates several times faster than ORM objects.
+_COLUMNS = tuple(Video.__table__.c)
+_OWN = Video.user_id == bindparam("user_id")
+_ONE_OWN = select(*_COLUMNS).where(Video.id == bindparam("video_id"), _OWN)
+_NEWEST_FIRST = (Video.created_at.desc(), Video.id.desc())
+
+
+def _listing(*where: ColumnElement[bool]) -> tuple[Select[Any], Select[Any]]:
+    """The count and one page of the caller's videos matching `where`."""
+    return (
+        select(func.count()).select_from(Video).where(_OWN, *where),
+        select(*_COLUMNS)
+        .where(_OWN, *where)
+        .order_by(*_NEWEST_FIRST)
+        .offset(bindparam("offset"))
+        .limit(bindparam("limit")),
+    )
+
+
+_LISTING_ALL = _listing()
+_LISTING_BY_STATUS = _listing(Video.status == bindparam("status"))
+
+
+async def read_own(connection: AsyncConnection, *, user_id: str, video_id: str) -> dict[str, Any]:
+    """The caller's video as a dict of its columns; 404 when it is missing or someone else's."""
+    row = (await connection.execute(_ONE_OWN, {"video_id": video_id, "user_id": user_id})).first()
+    if row is None:
+        raise not_found("This video")
+    return row._asdict()
+
+
 async def list_own(
-    session: AsyncSession, *, user_id: str, status: str | None, page: int, limit: int
-) -> tuple[list[Video], int]:
-    where = [Video.user_id == user_id]
-    if status is not None:
-        where.append(Video.status == status)
-    total = (
-        await session.execute(select(func.count()).select_from(Video).where(*where))
-    ).scalar_one()
-    rows = (
-        await session.execute(
-            select(Video)
-            .where(*where)
-            .order_by(Video.created_at.desc(), Video.id.desc())
-            .offset((page - 1) * limit)
-            .limit(limit)
-        )
-    ).scalars()
-    return list(rows), int(total)
+    connection: AsyncConnection, *, user_id: str, status: str | None, page: int, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    count, rows = _LISTING_ALL if status is None else _LISTING_BY_STATUS
+    params = {"user_id": user_id, "status": status, "offset": (page - 1) * limit, "limit": limit}
+    total = (await connection.execute(count, params)).scalar_one()
+    page_rows = await connection.execute(rows, params)
+    return [row._asdict() for row in page_rows], int(total)
 
 
 async def cancel(session: AsyncSession, *, user_id: str, video_id: str) -> Video:
