@@ -82,12 +82,19 @@ class IdempotentRequest:
 
     @classmethod
     def of(
-        cls, session: AsyncSession, *, user_id: str, key: str | None, fingerprint: str
+        cls,
+        session: AsyncSession,
+        *,
+        user_id: str,
+        key: str | None,
+        method: str,
+        path: str,
+        body: BaseModel | None = None,
     ) -> IdempotentRequest | None:
         """None when the client sent no key (the request is then not deduplicated)."""
         if key is None:
             return None
-        return cls(session, user_id, _checked_key(key), fingerprint)
+        return cls(session, user_id, _checked_key(key), fingerprint(method, path, body))
 
     async def claim(self) -> JSONResponse | None:
         """Claims the key for this request, or returns the answer of the request that has it.

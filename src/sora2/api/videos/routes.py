@@ -14,7 +14,7 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from sora2.api.context import ApiContext
 from sora2.api.deps import CallerDep, Context, CurrentUser, ReadConnection, SessionDep
 from sora2.api.errors import ERROR_RESPONSES, ApiError
-from sora2.api.idempotency.service import IdempotencyKeyHeader, IdempotentRequest, fingerprint
+from sora2.api.idempotency.service import IdempotencyKeyHeader, IdempotentRequest
 from sora2.api.schemas import PageNumber, PageSize
 from sora2.api.videos import service
 from sora2.api.videos.models import FINAL_STATUSES, Video
@@ -78,7 +78,9 @@ async def create_video(
         session,
         user_id=user.id,
         key=idempotency_key,
-        fingerprint=fingerprint("POST", "/api/videos", body),
+        method="POST",
+        path="/api/videos",
+        body=body,
     )
     return await _create(context, session, user.id, body, idempotent=idempotent)
 
@@ -146,7 +148,8 @@ async def regenerate_video(
         session,
         user_id=user.id,
         key=idempotency_key,
-        fingerprint=fingerprint("POST", f"/api/videos/{video_id}/regenerate"),
+        method="POST",
+        path=f"/api/videos/{video_id}/regenerate",
     )
     # The replay comes first: it stands even if the source video was deleted since.
     if idempotent is not None and (replay := await idempotent.claim()) is not None:
