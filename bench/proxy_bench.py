@@ -27,6 +27,12 @@ from bench._backend import SMALL_JSON
 from bench._instructions import callgrind_available, count_instructions, instructions_section
 from bench._processes import Server, free_port, http_get
 from bench._profile import profile_section, record_profile
+from bench._syscalls import (
+    SyscallCount,
+    count_syscalls,
+    strace_available,
+    syscalls_section,
+)
 from bench._wrk import Wrk, WrkResult
 
 LOAD_CPU = 0
@@ -374,6 +380,17 @@ def profile_proxy(
         LOAD_CPU,
     )
     sections = [profile_section(samples, ours.result.cpu_us_per_request)]
+    if strace_available():
+        progress("counting system calls of sora2 proxy and the bare pass-through with strace")
+        sections.append(
+            syscalls_section(
+                [
+                    count_load_syscalls(wrk, workdir, target, plan)
+                    for target in proxies
+                    if target.name in (OURS, BARE)
+                ]
+            )
+        )
     if not callgrind_available():
         sections.append(
             "Instructions per request: valgrind is not installed (apt install valgrind)."
@@ -393,6 +410,14 @@ def profile_proxy(
         )
     sections.append(instructions_section(counts))
     return "\n".join(sections)
+
+
+def count_load_syscalls(wrk: Wrk, workdir: Path, target: Target, plan: Plan) -> SyscallCount:
+    def load() -> int:
+        return wrk.run(target.small_url, 64, plan.seconds).requests
+
+    out = workdir / f"strace-{target.server.pid}.txt"
+    return count_syscalls(target.name, target.server.pid, load, out)
 
 
 def cost_ladder(workdir: Path, backend_url: str) -> list[tuple[int, Server]]:

@@ -1,11 +1,15 @@
-"""The proxy's small parts on their own: circuit, backoff, Retry-After, budget, headers, paths."""
+"""The proxy's small parts on their own: circuit, backoff, Retry-After, budget, headers, paths,
+its log lines."""
 
 from __future__ import annotations
 
+import logging
+import sys
 from datetime import UTC, datetime
 
 import pytest
 
+from sora2.logs import LOG_FORMAT, _OnceFormatter
 from sora2.proxy import CircuitBreaker, CircuitState
 from sora2.proxy._headers import rewrite_cookie_path, rewrite_location
 from sora2.proxy._paths import UnsafePath, checked_upstream_path
@@ -119,3 +123,22 @@ def test_plain_paths_are_forwarded_unchanged(path: str) -> None:
 def test_escaping_paths_are_refused(path: str) -> None:
     with pytest.raises(UnsafePath):
         checked_upstream_path(path)
+
+
+def test_log_lines_read_as_log_format_says_tracebacks_included() -> None:
+    """The written-out formatter gives the very line `LOG_FORMAT` describes, traceback too."""
+    ours = _OnceFormatter()
+    stock = logging.Formatter(LOG_FORMAT)
+    stock.formatTime = ours.formatTime  # type: ignore[method-assign]
+    try:
+        raise RuntimeError("backend went away")
+    except RuntimeError:
+        failure = sys.exc_info()
+    for level, exc_info in ((logging.INFO, None), (logging.ERROR, failure)):
+        record = logging.LogRecord(
+            "sora2.proxy", level, __file__, 1, "GET %s %d", ("/api/proxy/x", 200), exc_info
+        )
+        record.request_id = "req-1"
+        twin = logging.makeLogRecord(record.__dict__)
+        assert ours.format(record) == stock.format(twin)
+    assert "] GET /api/proxy/x 200\nTraceback" in ours.format(record)

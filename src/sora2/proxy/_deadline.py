@@ -13,12 +13,12 @@ import asyncio
 class Deadline:
     __slots__ = ("_handle", "_task", "expired")
 
-    def __init__(self, when: float) -> None:
-        task = asyncio.current_task()
+    def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        task = asyncio.current_task(loop)
         assert task is not None, "a Deadline belongs to a running task"
         self._task = task
         self.expired = False
-        self._handle = asyncio.get_running_loop().call_at(when, self._expire)
+        self._handle = loop.call_at(when, self._expire)
 
     def _expire(self) -> None:
         self.expired = True

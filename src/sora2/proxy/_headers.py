@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
-import secrets
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -56,12 +56,42 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
     return tokens
 
 
+class _RandomIds:
+    """128-bit random ids in hex, as `secrets.token_hex(16)` gives, from the same source
+    (`os.urandom`) drawn 256 ids at a time: a getrandom system call per request was a fifth of
+    the proxy's system calls beyond the bare pass-through's."""
+
+    _ID_BYTES = 16
+    _POOL_BYTES = 256 * _ID_BYTES
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._next = 0
+        # A forked child must not hand out the ids its parent already drew.
+        os.register_at_fork(after_in_child=self._discard)
+
+    def _discard(self) -> None:
+        self._pool = b""
+        self._next = 0
+
+    def new(self) -> str:
+        start = self._next
+        if start >= len(self._pool):
+            self._pool = os.urandom(self._POOL_BYTES)
+            start = 0
+        self._next = start + self._ID_BYTES
+        return self._pool[start : self._next].hex()
+
+
+_random_ids = _RandomIds()
+
+
 def request_id_from(headers: CIMultiDictProxy[str]) -> str:
     """The caller's `X-Request-ID` when it is sane (short, no odd characters), else a fresh one."""
     supplied = headers.get("x-request-id")
     if supplied is not None and _REQUEST_ID.match(supplied):
         return supplied
-    return secrets.token_hex(16)
+    return _random_ids.new()
 
 
 def is_trusted(peer: str | None, trusted: tuple[Network, ...]) -> bool:

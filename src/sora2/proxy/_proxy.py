@@ -119,11 +119,15 @@ class Proxy:
         self._session: aiohttp.ClientSession | None = None
         self._health: HealthMonitor | None = None
         self._startup_ends = 0.0
+        # Set by start(). Kept rather than looked up per request: on Python 3.11 each
+        # `asyncio.get_running_loop()` is a getpid system call, and a request needed four.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._startup_ends = asyncio.get_running_loop().time() + self.config.startup_grace
+        self._loop = asyncio.get_running_loop()
+        self._startup_ends = self._loop.time() + self.config.startup_grace
         reuse = self.config.keepalive_timeout > 0
         connector = aiohttp.TCPConnector(
             limit=self.config.pool_size,
@@ -165,6 +169,11 @@ class Proxy:
         assert self._health is not None, "Proxy.start() was not awaited"
         return self._health
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "Proxy.start() was not awaited"
+        return self._loop
+
     def _circuit_changed(self, state: CircuitState) -> None:
         self.metrics.circuit_state = state
         if state is CircuitState.OPEN:
@@ -184,7 +193,7 @@ class Proxy:
             method=request.method,
             request_id=request_id_from(request.headers),
             started=started,
-            deadline=asyncio.get_running_loop().time() + self.config.request_timeout,
+            deadline=self.loop.time() + self.config.request_timeout,
         )
         token = request_id_var.set(exchange.request_id)
         self.budget.in_flight += 1
@@ -299,7 +308,7 @@ class Proxy:
     async def _send_before_deadline(
         self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
     ) -> aiohttp.ClientResponse:
-        deadline = Deadline(exchange.deadline)
+        deadline = Deadline(self.loop, exchange.deadline)
         try:
             return await self._send_with_retries(url, headers, exchange)
         except asyncio.CancelledError:
@@ -317,7 +326,7 @@ class Proxy:
     async def _send_with_retries(
         self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
     ) -> aiohttp.ClientResponse:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         while True:
             exchange.attempts += 1
             if exchange.attempts > 1:
@@ -423,7 +432,7 @@ class Proxy:
         """Never seen up, and the proxy itself only just started (as under `sora2 dev`)."""
         if self.health.ever_up:
             return False
-        return asyncio.get_running_loop().time() < self._startup_ends
+        return self.loop.time() < self._startup_ends
 
     def _claim_retry_budget(self, exchange: _Exchange) -> bool:
         """One budget slot per retrying request, held until it finishes."""
@@ -437,7 +446,7 @@ class Proxy:
 
     async def _pause(self, wait: float, exchange: _Exchange, error: ProxyError) -> bool:
         """Wait before the next attempt; False when the deadline would pass first."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         remaining = exchange.deadline - loop.time()
         if wait == _UNTIL_UP:
             exchange.waiting_for_start = error
