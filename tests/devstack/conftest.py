@@ -106,6 +106,8 @@ class DevStack:
         )
         self.lines: list[str] = []
         self._changed = threading.Condition()
+        self.spawned_at = time.monotonic()
+        self.ready_seen_after: float | None = None  # seconds from spawn to the ready line
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sora2", "dev", *args],
             cwd=folder,
@@ -122,6 +124,8 @@ class DevStack:
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
+            if READY in line and self.ready_seen_after is None:
+                self.ready_seen_after = time.monotonic() - self.spawned_at
             with self._changed:
                 self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
