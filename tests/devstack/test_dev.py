@@ -38,10 +38,11 @@ def test_stack_comes_up_and_the_page_reaches_the_api_through_the_proxy(
     assert f"http://127.0.0.1:{stack.api_port}/api-docs" in output
     assert f"http://127.0.0.1:{stack.web_port}/api/proxy/health" in output
     # The start-up time it reports is the real one: never more than this test saw from spawning
-    # it to reading the line (a clock tick of slack), and it counts the interpreter's start too.
+    # it to reading the line (slack: two 10 ms kernel ticks and the rounding to 0.01 s), and it
+    # counts the interpreter's start too.
     reported = float(stack.wait_for(READY + r" ([\d.]+) s").group(1))
     assert stack.ready_seen_after is not None
-    assert 0.05 < reported <= stack.ready_seen_after + 0.02
+    assert 0.05 < reported <= stack.ready_seen_after + 0.05
 
 
 def test_every_line_is_prefixed_and_kept_in_a_transcript_per_service(
