@@ -21,7 +21,7 @@ import aiohttp
 
 from bench._instructions import STARTUP_TIMEOUT_S
 from bench._processes import Server, free_port
-from bench.api_bench import CREATE_BODY, _create_one, _register, _sora2
+from bench.api_bench import CREATE_BODY, _create_one, _register, _sora2, api_environment
 
 REQUESTS = 100
 IN_FLIGHT = 8
@@ -57,17 +57,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sora2-api-cg-") as tmp:
         workdir = Path(tmp)
         port = free_port()
-        env = {
-            "APP_ENV": "production",
-            "JWT_SECRET": "b" * 48,
-            "DATABASE_URL": os.environ.get("DATABASE_URL", f"sqlite:///{workdir / 'cg.db'}"),
-            "DATA_DIR": str(workdir / "data"),
-            "LOG_DIR": str(workdir / "logs"),
-            "API_PORT": str(port),
-            "API_EMBEDDED_WORKER": "false",
-            "SIGNUP_CREDITS": "1000000",
-            "LOG_LEVEL": "WARNING",
-        }
+        database_url = os.environ.get("DATABASE_URL", f"sqlite:///{workdir / 'cg.db'}")
+        env = api_environment(database_url, workdir, port)
         _sora2("db", "upgrade", env=env)
         out = workdir / "callgrind.out"
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]

@@ -107,10 +107,10 @@ async def _postgres(sql: str) -> None:
         await connection.close()
 
 
-@contextmanager
-def _api(database_url: str, workdir: Path, **extra: str) -> Iterator[tuple[str, Server]]:
-    port = free_port()
-    env = {
+def api_environment(database_url: str, workdir: Path, port: int) -> dict[str, str]:
+    """How the benches run `sora2 serve api`: production, no embedded worker, quiet logs, and
+    credits enough for every create."""
+    return {
         "APP_ENV": "production",
         "JWT_SECRET": "b" * 48,
         "DATABASE_URL": database_url,
@@ -120,7 +120,13 @@ def _api(database_url: str, workdir: Path, **extra: str) -> Iterator[tuple[str, 
         "API_EMBEDDED_WORKER": "false",
         "SIGNUP_CREDITS": "1000000",
         "LOG_LEVEL": "WARNING",
-    } | extra
+    }
+
+
+@contextmanager
+def _api(database_url: str, workdir: Path, **extra: str) -> Iterator[tuple[str, Server]]:
+    port = free_port()
+    env = api_environment(database_url, workdir, port) | extra
     _sora2("db", "upgrade", env=env)
     server = Server(
         "api", [sys.executable, "-m", "sora2", "serve", "api"], 1, workdir / "api.out", env
