@@ -260,6 +260,14 @@ class Settings(BaseSettings):
     job_retry_max_ms: int = Field(
         120_000, ge=1, le=86_400_000, validation_alias=_aliases("JOB_RETRY_MAX_MS")
     )
+    # An upstream `Retry-After` is obeyed up to this many seconds (a huge one must not park a job).
+    job_retry_after_max_seconds: float = Field(
+        300.0, ge=0, le=86_400, validation_alias=_aliases("JOB_RETRY_AFTER_MAX_SECONDS")
+    )
+    # A video not final this long after it was created fails and is refunded.
+    job_deadline_seconds: float = Field(
+        10_800.0, ge=1, le=30 * 86_400, validation_alias=_aliases("JOB_DEADLINE_SECONDS")
+    )
     sse_poll_interval_ms: int = Field(
         1_000, ge=10, le=60_000, validation_alias=_aliases("SSE_POLL_INTERVAL_MS")
     )

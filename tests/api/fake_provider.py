@@ -11,6 +11,7 @@ import asyncio
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +39,23 @@ class ScriptedProvider:
     starts: Counter[str] = field(default_factory=Counter)  # by prompt
     cancelled: list[str] = field(default_factory=list)
     jobs: dict[str, _Job] = field(default_factory=dict)
+    by_key: dict[str, str] = field(default_factory=dict)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
-    async def start(self, request: GenerationRequest) -> str:
+    async def start(self, request: GenerationRequest, *, idempotency_key: str | None = None) -> str:
         self.starts[request.prompt] += 1
         if self.start_errors:
             raise self.start_errors.pop(0)
+        if idempotency_key in self.by_key:
+            return self.by_key[idempotency_key]
         job_id = f"job_{next(self._ids)}"
         self.jobs[job_id] = _Job(request)
+        if idempotency_key is not None:
+            self.by_key[idempotency_key] = job_id
         return job_id
+
+    async def find_started(self, request: GenerationRequest, *, since: datetime) -> list[str]:
+        return []  # keys are honoured: starting again finds the job
 
     async def status(self, job_id: str) -> ProviderJob:
         if self.status_errors:

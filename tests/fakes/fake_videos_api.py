@@ -1,10 +1,14 @@
 """A fake of the OpenAI Videos API on loopback, speaking its wire format, with faults on request.
 
-Routes (under `/v1`, like the real base URL): multipart `POST /videos`, `GET /videos/{id}` whose
-status and progress advance one step per poll, `GET /videos/{id}/content?variant=video|thumbnail`,
-`DELETE /videos/{id}`. Keys are checked as the real service does (`Authorization: Bearer …`).
+Routes (under `/v1`, like the real base URL): multipart `POST /videos`, `GET /videos` (the list,
+newest first, cursor `after`), `GET /videos/{id}` whose status and progress advance one step per
+poll, `GET /videos/{id}/content?variant=video|thumbnail`, `DELETE /videos/{id}`. Keys are checked
+as the real service does (`Authorization: Bearer …`). A create's `Idempotency-Key` is honoured as
+OpenAI's API did (the same key answers with the job the first request made) unless
+`honour_idempotency` is off, like servers that ignore the header.
 Tests steer it through `FakeVideosAPI` attributes (rate-limited keys, revoked keys, 5xx, stalls,
-truncated downloads) and read `calls` to learn what actually arrived and with which key.
+slow or late creates, truncated downloads) and read `calls` to learn what actually arrived and with
+which key; `videos` holds the jobs alive upstream (a DELETE removes one).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class VideosCall:
     content_type: str = ""
     form: dict[str, str] = field(default_factory=dict)
     status: int = 0
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,15 @@ class FakeVideosAPI:
         self.server_error_retry_after: str | None = None
         self.stall_seconds = 0.0
         self.truncate_downloads = False
+        self.honour_idempotency = True
+        # A create makes its job at once, then answers this much later (after a client timeout).
+        self.create_answer_delay = 0.0
+        # A create makes its job only this much later (serve with handler_cancellation=False so
+        # a client that gave up does not stop it), like a backlog upstream.
+        self.create_land_delay = 0.0
+        self.slow_creates: int | None = None  # how many creates the delays apply to (None: all)
+        self.made: list[str] = []  # every job ever made (each a paid generation)
+        self.answers_by_key: dict[str, dict[str, Any]] = {}
         self.serve_thumbnails = True
         self.video_bytes = tiny_mp4()
         self.thumbnail_bytes = webp_thumbnail()
@@ -149,6 +163,7 @@ class FakeVideosAPI:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._gatekeeper])
         app.router.add_post("/v1/videos", self._create)
+        app.router.add_get("/v1/videos", self._list)
         app.router.add_get("/v1/videos/{video_id}", self._retrieve)
         app.router.add_get("/v1/videos/{video_id}/content", self._content)
         app.router.add_delete("/v1/videos/{video_id}", self._delete)
@@ -196,6 +211,7 @@ class FakeVideosAPI:
             variant=request.query.get("variant"),
             content_type=request.content_type,
             form=form,
+            idempotency_key=request.headers.get("Idempotency-Key"),
         )
         self.calls.append(call)
         return call
@@ -230,6 +246,14 @@ class FakeVideosAPI:
             return _error(
                 400, "moderation_blocked", "Your request was blocked by our moderation system."
             )
+        slow = self.slow_creates is None or self.slow_creates > 0
+        if self.slow_creates:
+            self.slow_creates -= 1
+        if slow and self.create_land_delay:
+            await asyncio.sleep(self.create_land_delay)
+        key = self.calls[-1].idempotency_key if self.honour_idempotency else None
+        if key in self.answers_by_key:
+            return web.json_response(self.answers_by_key[key])  # the first answer, replayed
         video = FakeVideo(
             id=f"video_{next(self._ids):06d}",
             prompt=prompt,
@@ -239,7 +263,32 @@ class FakeVideosAPI:
             created_at=int(time.time()),
         )
         self.videos[video.id] = video
+        self.made.append(video.id)
+        if key:
+            self.answers_by_key[key] = video.as_json()
+        if slow and self.create_answer_delay:
+            await asyncio.sleep(self.create_answer_delay)
         return web.json_response(video.as_json())
+
+    async def _list(self, request: web.Request) -> web.Response:
+        newest_first = sorted(self.videos.values(), key=lambda video: video.id, reverse=True)
+        if request.query.get("order") == "asc":
+            newest_first.reverse()
+        after = request.query.get("after")
+        if after is not None:
+            ids = [video.id for video in newest_first]
+            newest_first = newest_first[ids.index(after) + 1 :] if after in ids else []
+        limit = int(request.query.get("limit", "20"))
+        page = newest_first[:limit]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [video.as_json() for video in page],
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+                "has_more": len(newest_first) > limit,
+            }
+        )
 
     async def _retrieve(self, request: web.Request) -> web.Response:
         video = self.videos.get(request.match_info["video_id"])

@@ -3,7 +3,7 @@
 from sora2.api.auth.models import AuthSession, RefreshToken
 from sora2.api.credits.models import CreditTransaction
 from sora2.api.idempotency.models import IdempotencyRecord
-from sora2.api.jobs.models import Job, WorkerBeat
+from sora2.api.jobs.models import Job, UpstreamStop, WorkerBeat
 from sora2.api.users.models import User
 from sora2.api.videos.models import Video
 
@@ -13,6 +13,7 @@ __all__ = [
     "IdempotencyRecord",
     "Job",
     "RefreshToken",
+    "UpstreamStop",
     "User",
     "Video",
     "WorkerBeat",

@@ -1,11 +1,19 @@
 """The worker: claims jobs, drives them through the provider, settles them exactly once.
 
-One job goes: store the provider's job id right after `start` (so a crash resumes instead of
-paying twice) → poll `status`, saving progress and checking for cancellation between polls →
-`download` into storage → mark completed. Transient provider errors go back to the queue with
-jittered exponential backoff (or the provider's `retry_after`) until `JOB_MAX_ATTEMPTS`; final
-ones fail the video and refund it in the same transaction. While a job runs, its lease is renewed
-every third of `WORKER_LEASE_SECONDS`; a worker that loses its lease abandons the job.
+One job goes: start it upstream exactly once (below) → poll `status`, saving progress and checking
+for cancellation between polls → `download` into storage → mark completed. Transient provider
+errors go back to the queue with jittered exponential backoff (or the provider's `retry_after`,
+capped by `JOB_RETRY_AFTER_MAX_SECONDS`) until `JOB_MAX_ATTEMPTS`; final ones fail the video and
+refund it in the same transaction. While a job runs, its lease is renewed every third of
+`WORKER_LEASE_SECONDS`; a worker that loses its lease abandons the job. A video still unfinished at
+its deadline (`JOB_DEADLINE_SECONDS` after creation) fails and is refunded.
+
+Starting is the one step that spends money, so it is guarded: the job's key and "a create was
+sent" are committed before the create (`prepare_start`), the create carries the key as its
+`Idempotency-Key`, and start-and-record runs shielded from cancellation (a lost lease, a stop, the
+deadline) so a job made upstream is always recorded, lease or not. When an earlier create went
+unanswered, the worker first looks for the job it may have made (`find_started`) and adopts it.
+Upstream jobs nobody will collect go to the outbox (`jobs/stops.py`), which every worker drains.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import signal
@@ -23,7 +32,8 @@ from collections.abc import AsyncIterator
 
 from sora2.api.db import Database
 from sora2.api.events import VideoEvents
-from sora2.api.jobs.queue import ClaimedJob, JobGone, JobQueue, LeaseLost
+from sora2.api.jobs.queue import ClaimedJob, JobGone, JobQueue, LeaseLost, Recorded
+from sora2.api.jobs.stops import UpstreamStops
 from sora2.api.metrics import ApiMetrics
 from sora2.api.providers.base import ErrorKind, ProviderError, VideoProvider
 from sora2.api.storage import Storage
@@ -55,11 +65,27 @@ class Worker:
         self.metrics = metrics or ApiMetrics()
         self.events = events or VideoEvents()
         self.worker_id = worker_id or new_worker_id()
+        # A create left unanswered has landed upstream (or never will) after about this long.
+        search_delay = 2 * settings.openai_timeout_ms / 1000
         self.queue = JobQueue(
-            database, worker_id=self.worker_id, lease_seconds=settings.worker_lease_seconds
+            database,
+            worker_id=self.worker_id,
+            lease_seconds=settings.worker_lease_seconds,
+            max_attempts=settings.job_max_attempts,
+            deadline_seconds=settings.job_deadline_seconds,
+        )
+        self.stops = UpstreamStops(
+            database,
+            provider,
+            claim_seconds=settings.worker_lease_seconds,
+            search_delay_seconds=search_delay,
+            retry_base_seconds=settings.job_retry_base_ms / 1000,
+            retry_max_seconds=settings.job_retry_max_ms / 1000,
         )
         self._stopping = asyncio.Event()
+        self._stops_due = asyncio.Event()
         self._jobs: set[asyncio.Task[None]] = set()
+        self._starts: set[asyncio.Task[Recorded]] = set()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -77,6 +103,7 @@ class Worker:
     async def run(self) -> None:
         logger.info("worker %s started (provider %s)", self.worker_id, self.provider.name)
         beat = asyncio.create_task(self._beat_forever())
+        drain = asyncio.create_task(self._drain_forever())
         slots = asyncio.Semaphore(self.settings.worker_concurrency)
         try:
             while not self._stopping.is_set():
@@ -92,6 +119,7 @@ class Worker:
                 task.add_done_callback(lambda _task: slots.release())
         finally:
             beat.cancel()
+            drain.cancel()
             await self._stop_jobs()
             with contextlib.suppress(Exception):
                 await self.queue.forget_worker()
@@ -109,6 +137,9 @@ class Worker:
             task.cancel()
         if self._jobs:
             await asyncio.gather(*self._jobs, return_exceptions=True)
+        if self._starts:
+            # Creates in flight finish and are recorded: the next worker resumes them.
+            await asyncio.gather(*self._starts, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.queue.release_all()
 
@@ -123,6 +154,18 @@ class Worker:
         except Exception as error:  # a database hiccup must not end the worker; try again later
             logger.warning("claiming a job failed: %s", type(error).__name__)
             return None
+
+    async def _drain_forever(self) -> None:
+        """Stops the upstream jobs in the outbox, now and then and whenever one was added."""
+        while True:
+            self._stops_due.clear()
+            try:
+                await self.stops.drain()
+            except Exception as error:  # the database or provider away: the rows wait
+                logger.warning("draining upstream stops failed: %s", type(error).__name__)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.worker_idle_poll_ms / 1000):
+                    await self._stops_due.wait()
 
     async def _beat_forever(self) -> None:
         hostname, pid = socket.gethostname(), os.getpid()
@@ -169,7 +212,7 @@ class Worker:
         started = time.monotonic()
         outcome = "lease_lost"
         try:
-            outcome = await self._drive(job)
+            outcome = await self._drive_until_deadline(job)
         except LeaseLost:
             pass
         except ProviderError as error:
@@ -179,31 +222,93 @@ class Worker:
             outcome = await self._settle_error(job, error)
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # a bug or a disk problem: retried like a transient error
+        except Exception:  # a bug or a disk problem: retried like a transient error
             logger.exception("job %s failed unexpectedly", job.job_id)
+            # The user sees a plain sentence and the reference to quote; the detail is logged.
+            message = (
+                "Something went wrong on our side while making this video "
+                f"(reference video-{job.video_id})."
+            )
             outcome = await self._settle_error(
-                job, ProviderError(ErrorKind.TRANSIENT, "internal_error", type(error).__name__)
+                job, ProviderError(ErrorKind.TRANSIENT, "internal_error", message)
             )
         finally:
+            self._stops_due.set()
             self.events.notify(job.video_id)
         self.metrics.job_seconds.labels(outcome).observe(time.monotonic() - started)
         logger.info("job %s (video %s): %s", job.job_id, job.video_id, outcome)
+
+    async def _drive_until_deadline(self, job: ClaimedJob) -> str:
+        deadline = asyncio.timeout(job.seconds_left if math.isfinite(job.seconds_left) else None)
+        try:
+            async with deadline:
+                return await self._drive(job)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # a timeout from below, not the video's deadline
+            await self.queue.fail(
+                job,
+                code="deadline_exceeded",
+                message="This video was not ready in time; your credits were refunded.",
+            )
+            return "failed"
 
     async def _drive(self, job: ClaimedJob) -> str:
         provider_job_id = job.provider_job_id
         try:
             if provider_job_id is None:
-                provider_job_id = await self.provider.start(job.request)
-                if not await self.queue.record_provider_job(job, provider_job_id):
-                    return await self._cancel_upstream(job, provider_job_id)
+                recorded = await self._start_shielded(job)
+                if recorded.follow is None:
+                    return await self._without_upstream(job, recorded)
+                provider_job_id = recorded.follow
             elif not await self.queue.is_active(job):
-                return await self._cancel_upstream(job, provider_job_id)
+                await self.queue.finish_cancelled(job)
+                return "cancelled"
             return await self._follow(job, provider_job_id)
         except JobGone:
-            # Deleted mid-generation: nobody will ever collect the result, so stop paying for it.
-            if provider_job_id is not None:
-                await self._cancel_quietly(provider_job_id)
+            return "deleted"  # its upstream job went to the outbox with the delete
+
+    async def _start_shielded(self, job: ClaimedJob) -> Recorded:
+        """Start-and-record, run to the end even when this job is cancelled meanwhile."""
+        task = asyncio.create_task(self._start_and_record(job))
+        self._starts.add(task)
+        task.add_done_callback(self._starts.discard)
+        task.add_done_callback(_retrieve_exception)
+        return await asyncio.shield(task)
+
+    async def _start_and_record(self, job: ClaimedJob) -> Recorded:
+        ticket = await self.queue.prepare_start(job)
+        if ticket.unsure_since is not None:
+            # An earlier create went unanswered: the job it may have made is ours to adopt.
+            found = await self.provider.find_started(job.request, since=ticket.unsure_since)
+            adoptable = await self.queue.unheld(found)
+            if adoptable:
+                logger.info("job %s adopts upstream job %s", job.job_id, adoptable[0])
+                return await self.queue.record_provider_job(
+                    job, adoptable[0], unsure_since=ticket.unsure_since
+                )
+        try:
+            provider_job_id = await self.provider.start(job.request, idempotency_key=ticket.key)
+        except ProviderError as error:
+            if error.kind in (ErrorKind.FINAL, ErrorKind.RATE_LIMITED):
+                await self.queue.start_refused(job, ticket)  # answered: nothing was made
+            raise
+        return await self.queue.record_provider_job(
+            job, provider_job_id, unsure_since=ticket.unsure_since
+        )
+
+    async def _without_upstream(self, job: ClaimedJob, recorded: Recorded) -> str:
+        self._stops_due.set()
+        if recorded.outcome == "gone":
             return "deleted"
+        if recorded.outcome == "taken":
+            raise ProviderError(
+                ErrorKind.TRANSIENT,
+                "start_taken",
+                "the job this create made was adopted by another video; starting again",
+            )
+        await self.queue.finish_cancelled(job)
+        return "cancelled"
 
     async def _follow(self, job: ClaimedJob, provider_job_id: str) -> str:
         poll = self.settings.worker_provider_poll_ms / 1000
@@ -218,11 +323,11 @@ class Worker:
                     state.error_message or "The provider could not generate this video.",
                 )
             if not await self.queue.record_progress(job, state.progress):
-                return await self._cancel_upstream(job, provider_job_id)
+                return await self._finish_cancelled(job)
             self.events.notify(job.video_id)
             await asyncio.sleep(poll)  # the provider's pace, not a synchronisation
         if not await self.queue.is_active(job):
-            return await self._cancel_upstream(job, provider_job_id)
+            return await self._finish_cancelled(job)
         return await self._download_and_complete(job, provider_job_id)
 
     async def _download_and_complete(self, job: ClaimedJob, provider_job_id: str) -> str:
@@ -250,28 +355,24 @@ class Worker:
         self.storage.delete(job.video_key)
         self.storage.delete(job.thumbnail_key)
 
-    async def _cancel_upstream(self, job: ClaimedJob, provider_job_id: str) -> str:
-        await self._cancel_quietly(provider_job_id)
+    async def _finish_cancelled(self, job: ClaimedJob) -> str:
+        """Cancelled meanwhile: the cancel put the upstream job in the outbox; drain it now."""
+        self._stops_due.set()
         await self.queue.finish_cancelled(job)
         return "cancelled"
 
-    async def _cancel_quietly(self, provider_job_id: str) -> None:
-        try:
-            await self.provider.cancel(provider_job_id)
-        except ProviderError as error:
-            logger.info("upstream cancel of %s failed: %s", provider_job_id, error.code)
-
     async def _settle_error(self, job: ClaimedJob, error: ProviderError) -> str:
         try:
+            cap = self.settings.job_retry_after_max_seconds
             if error.kind is ErrorKind.RATE_LIMITED:
-                delay = error.retry_after or self._backoff(job.attempts)
+                delay = min(error.retry_after or self._backoff(job.attempts), cap)
                 await self.queue.retry_later(
                     job, delay_seconds=delay, error=error.code, spend_attempt=False
                 )
                 return "retry"
             if error.kind is ErrorKind.TRANSIENT and job.attempts < self.settings.job_max_attempts:
                 delay = (
-                    error.retry_after
+                    min(error.retry_after, cap)
                     if error.retry_after is not None
                     else self._backoff(job.attempts)
                 )
@@ -292,6 +393,12 @@ class Worker:
         base = self.settings.job_retry_base_ms / 1000
         ceiling = min(self.settings.job_retry_max_ms / 1000, base * 2 ** (attempt - 1))
         return random.uniform(min(base / 2, ceiling), ceiling)
+
+
+def _retrieve_exception(task: asyncio.Task[Recorded]) -> None:
+    """A shielded start whose waiter was cancelled: its error was handled by the next attempt."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def run_worker_process(settings: Settings) -> None:

@@ -2,14 +2,20 @@
 
 A job is started once (`start` returns the provider's job id, which the worker stores before doing
 anything else), then observed (`status`) until it is final, then its files are copied to our storage
-(`download`). A worker that crashes resumes from the stored id: it never calls `start` twice for a
-video, so a paid generation is never made twice.
+(`download`). A worker that crashes resumes from the stored id.
+
+A create whose answer never arrived (a timeout, a reset, a crash) may still have made a paid job.
+So every create carries the video's own `idempotency_key` (the same for every attempt: a provider
+that honours it answers with the job it already made), and before trying again the worker asks
+`find_started` for jobs that match the request and were made since the first unanswered create:
+it adopts one and stops the others (`cancel`). See docs/providers.md, "Paying once".
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -73,8 +79,14 @@ class ProviderError(Exception):
 class VideoProvider(Protocol):
     name: str
 
-    async def start(self, request: GenerationRequest) -> str:
-        """Begin a generation; returns the provider's job id."""
+    async def start(self, request: GenerationRequest, *, idempotency_key: str | None = None) -> str:
+        """Begin a generation; returns the provider's job id. The same key, the same job (where
+        the provider honours keys; the worker always gives one)."""
+        ...
+
+    async def find_started(self, request: GenerationRequest, *, since: datetime) -> list[str]:
+        """Ids of live jobs upstream made for `request` at or after `since`, oldest first: the
+        jobs an unanswered create may have made. Empty when the provider cannot tell."""
         ...
 
     async def status(self, job_id: str) -> ProviderJob:
@@ -86,7 +98,8 @@ class VideoProvider(Protocol):
         ...
 
     async def cancel(self, job_id: str) -> None:
-        """Stop a job upstream if it can still be stopped; unknown ids are not an error."""
+        """Stop (delete) a job upstream. Returns once the provider confirmed it, or does not know
+        the id (already gone); raises `ProviderError` when that is not known yet."""
         ...
 
     def health(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sora2.api.providers.local")
 
 JOB_ID_PATTERN = re.compile(r"local-[0-9a-f]{32}")
+_START_KEYS = uuid.UUID("5b1f8e2a-3c47-4d0e-9a61-0c2f7d9e4b13")  # namespace of job ids by key
 MAX_RENDER_ATTEMPTS = 3  # renders that died without finishing (a shutdown does not count)
 MIN_SIDE, MAX_SIDE = 16, 4096
 MIN_SECONDS, MAX_SECONDS = 1, 60
@@ -231,11 +233,18 @@ class LocalProvider:
     def from_settings(cls, settings: Settings) -> LocalProvider:
         return cls(settings.data_dir / "local-provider")
 
-    async def start(self, request: GenerationRequest) -> str:
+    async def start(self, request: GenerationRequest, *, idempotency_key: str | None = None) -> str:
         spec = spec_from_request(request)
-        job_id = f"local-{uuid.uuid4().hex}"
+        # The id is derived from the key: a second start with the same key finds the first job.
+        key = idempotency_key or uuid.uuid4().hex
+        job_id = f"local-{uuid.uuid5(_START_KEYS, key).hex}"
+        folder = JobFolder(self.root / job_id)
+        if folder.path.exists():
+            return job_id
         try:
-            JobFolder(self.root / job_id).create(spec)
+            folder.create(spec)
+        except FileExistsError:
+            return job_id  # another process started it a moment ago
         except OSError as error:
             raise ProviderError(
                 ErrorKind.TRANSIENT,
@@ -248,6 +257,9 @@ class LocalProvider:
             "local render %s queued (%dx%d, %d s)", job_id, spec.width, spec.height, spec.seconds
         )
         return job_id
+
+    async def find_started(self, request: GenerationRequest, *, since: datetime) -> list[str]:
+        return []  # starts are idempotent by key: starting again is how a job is found
 
     async def status(self, job_id: str) -> ProviderJob:
         folder = self._existing_folder(job_id)

@@ -16,6 +16,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -56,6 +57,7 @@ _THUMBNAIL_JPEG_QUALITY = 88
 # Statuses that say "not now" rather than "never": worth another try later.
 _RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 _PROVIDER_STATUSES: frozenset[str] = frozenset({"queued", "in_progress", "completed", "failed"})
+_CLOCK_SLACK_SECONDS = 5.0
 
 
 class OpenAIProvider:
@@ -84,17 +86,29 @@ class OpenAIProvider:
             timeout_seconds=settings.openai_timeout_ms / 1000,
         )
 
-    async def start(self, request: GenerationRequest) -> str:
+    async def start(self, request: GenerationRequest, *, idempotency_key: str | None = None) -> str:
         # The API layer validated these against the same enumerations the SDK types spell out.
+        # OpenAI's API answered a repeated `Idempotency-Key` with the job the first request made.
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         video = await self._with_a_key(
             lambda client: client.videos.create(
                 prompt=request.prompt,
                 model=request.model,
                 seconds=cast(VideoSeconds, str(request.seconds)),
                 size=cast(VideoSize, request.size),
+                extra_headers=headers,
             )
         )
         return video.id
+
+    async def find_started(self, request: GenerationRequest, *, since: datetime) -> list[str]:
+        """Live jobs listed upstream (newest first, so the walk stops at `since`) that ask for
+        exactly `request`, oldest first."""
+        # Upstream stamps whole seconds on its own clock: allow for both.
+        oldest = since.timestamp() - _CLOCK_SLACK_SECONDS
+        listed = await self._with_a_key(lambda client: _listed_since(client, oldest))
+        matching = [video for video in listed if _made_for(video, request)]
+        return [video.id for video in sorted(matching, key=lambda video: video.created_at)]
 
     async def status(self, job_id: str) -> ProviderJob:
         video = await self._with_a_key(lambda client: client.videos.retrieve(job_id))
@@ -115,15 +129,12 @@ class OpenAIProvider:
 
     async def cancel(self, job_id: str) -> None:
         # The contract has no cancel: deleting the job is how a generation is abandoned upstream.
+        # Anything short of a confirmation (or 404: already gone) raises, and the outbox retries.
         try:
             await self._with_a_key(lambda client: client.videos.delete(job_id))
         except ProviderError as error:
-            if error.kind is ErrorKind.NOT_FOUND:
-                return
-            if error.kind is ErrorKind.FINAL and error.code != "no_usable_key":
-                logger.info("job %s could not be stopped upstream (%s)", job_id, error.code)
-                return
-            raise
+            if error.kind is not ErrorKind.NOT_FOUND:
+                raise
 
     def health(self) -> dict[str, Any]:
         pool = self._pool.health()
@@ -216,6 +227,28 @@ async def _stream_to(client: openai.AsyncOpenAI, job_id: str, variant: Variant, 
                 "download_interrupted",
                 f"the {variant} transfer broke off ({type(error).__name__}); fetch it again",
             ) from error
+
+
+async def _listed_since(client: openai.AsyncOpenAI, oldest: float) -> list[Video]:
+    listed: list[Video] = []
+    async for video in client.videos.list(order="desc", limit=100):
+        if video.created_at < oldest:
+            break
+        listed.append(video)
+    return listed
+
+
+def _made_for(video: Video, request: GenerationRequest) -> bool:
+    """Whether a listed job is one a create for `request` would have made (and still live)."""
+    if str(video.status) == "failed":
+        return False
+    if video.prompt is not None and video.prompt != request.prompt:
+        return False
+    return (
+        video.model == request.model
+        and str(video.seconds) == str(request.seconds)
+        and video.size == request.size
+    )
 
 
 def _ensure_jpeg(path: Path) -> None:

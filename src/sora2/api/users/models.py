@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Integer, String
+from sqlalchemy import BigInteger, CheckConstraint, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sora2.api.db.base import Base, UTCDateTime, new_id, utcnow
@@ -27,6 +27,7 @@ class User(Base):
     nickname: Mapped[str] = mapped_column(String(50))
     role: Mapped[str] = mapped_column(String(16), default="user")
     status: Mapped[str] = mapped_column(String(16), default="active")
-    credits: Mapped[int] = mapped_column(Integer, default=0)
+    # 64-bit: a balance past 2^31 is an ordinary number, not a 500 on PostgreSQL.
+    credits: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

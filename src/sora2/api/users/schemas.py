@@ -15,8 +15,14 @@ MIN_PASSWORD = 8
 MAX_PASSWORD = 128
 
 
+MAX_EMAIL = 320
+
+
 def _email(value: str) -> str:
     value = value.strip().lower()
+    # Some characters grow when lower-cased ('İ' becomes two): the stored form must fit the column.
+    if len(value) > MAX_EMAIL:
+        raise ValueError(f"must be at most {MAX_EMAIL} characters once lower-cased")
     if not _EMAIL.match(value):
         raise ValueError("must be an email address such as ana@example.com")
     return value
@@ -36,7 +42,7 @@ def _nickname(value: str) -> str:
     return value
 
 
-Email = Annotated[str, Field(min_length=3, max_length=320), AfterValidator(_email)]
+Email = Annotated[str, Field(min_length=3, max_length=MAX_EMAIL), AfterValidator(_email)]
 Password = Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD), AfterValidator(_password)]
 Nickname = Annotated[str, Field(min_length=1, max_length=50), AfterValidator(_nickname)]
 

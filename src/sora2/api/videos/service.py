@@ -16,6 +16,7 @@ from sora2.api.credits.service import charge, refund
 from sora2.api.db.base import utcnow
 from sora2.api.errors import ApiError, not_found
 from sora2.api.jobs.models import Job
+from sora2.api.jobs.stops import stop_video_upstream
 from sora2.api.storage import Storage
 from sora2.api.videos.models import ACTIVE_STATUSES, Video
 from sora2.settings import Settings
@@ -155,8 +156,12 @@ async def cancel_if_active(session: AsyncSession, *, user_id: str, video_id: str
         await session.rollback()
         return False
     await refund(session, user_id=user_id, amount=row.cost, video_id=video_id, why="Cancelled")
-    # A job nobody has claimed yet is simply finished; a running one is stopped by its worker,
-    # which sees the status between steps and cancels upstream.
+    # Its upstream job (if one was made, or may have been) goes to the outbox that workers drain.
+    video = await session.get(Video, video_id)
+    assert video is not None
+    await stop_video_upstream(session, video, reason="cancelled")
+    # A job nobody has claimed yet is simply finished; a running one is finished by its worker,
+    # which sees the status between steps.
     await session.execute(
         update(Job)
         .where(Job.video_id == video_id, Job.status == "queued")
@@ -173,6 +178,8 @@ async def delete(session: AsyncSession, *, storage: Storage, user_id: str, video
     await get_own(session, user_id=user_id, video_id=video_id)
     await cancel_if_active(session, user_id=user_id, video_id=video_id)
     video = await get_own(session, user_id=user_id, video_id=video_id)
+    if video.status == "completed":
+        await stop_video_upstream(session, video, reason="deleted")  # it holds our copy's source
     keys = [key for key in (video.video_key, video.thumbnail_key) if key]
     await _lock_job_first(session, video_id)  # deleting the video deletes its job too
     await session.delete(video)
