@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 from bench._viewers import delivery_seconds, open_viewers, percentile
-from bench.streams_bench import Ordinary, Plan, Round, report
+from bench.streams_bench import THROUGH_WEB, Ordinary, Plan, Round, report
 
 from tests.fakes.servers import RunningServer, start_app
 
@@ -97,6 +97,7 @@ def test_delivery_counts_a_viewer_that_never_received_as_infinitely_late() -> No
 def test_the_report_names_each_target_and_its_verdict() -> None:
     quick = Ordinary([1.0, 2.0, 60.0], errors=0)
     round_ = Round(
+        route=THROUGH_WEB,
         viewers=500,
         held=256,
         open_seconds=1.0,
@@ -115,7 +116,8 @@ def test_the_report_names_each_target_and_its_verdict() -> None:
         still_held=256,
     )
     text = report([round_], Plan((500,), 1, 1, 2), others=0.1)
-    assert "| 500 viewers held | 256 | **missed** |" in text
-    assert "| ordinary p99 ≤ 50 ms while open | 60.0 ms | **missed** |" in text
-    assert "| a change reaches 99 % within 1 s | never ms | **missed** |" in text
-    assert "| ≤ 20 KiB web RSS per viewer | 12.0 KiB | met |" in text
+    route = "web → proxy → api"
+    assert f"| 500 viewers held | {route} | 256 | **missed** |" in text
+    assert f"| ordinary p99 ≤ 50 ms while open, no error | {route} | 60.0 ms, 0 errors | " in text
+    assert f"| a change reaches 99 % within 1 s | {route} | never ms | **missed** |" in text
+    assert f"| ≤ 20 KiB web RSS per viewer | {route} | 12.0 KiB | met |" in text
