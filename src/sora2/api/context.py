@@ -11,7 +11,7 @@ from sora2.api.db import Database
 from sora2.api.events import VideoEvents
 from sora2.api.metrics import ApiMetrics
 from sora2.api.providers.base import VideoProvider
-from sora2.api.storage import LocalStorage, Storage
+from sora2.api.storage import Storage
 from sora2.settings import Settings
 
 
@@ -44,5 +44,6 @@ class ApiContext:
         )
 
 
-def media_storage(settings: Settings) -> LocalStorage:
-    return LocalStorage(settings.data_dir / "media")
+def media_storage(settings: Settings) -> Storage:
+    """The store `STORAGE_URL` names; files being written wait in `DATA_DIR/scratch`."""
+    return Storage.from_url(settings.resolved_storage_url, scratch=settings.data_dir / "scratch")
