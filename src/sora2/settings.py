@@ -243,6 +243,9 @@ class Settings(BaseSettings):
         10, ge=1, validation_alias=_aliases("LOGIN_LIMIT_PER_ACCOUNT")
     )
     register_limit_per_ip: int = Field(10, ge=1, validation_alias=_aliases("REGISTER_LIMIT_PER_IP"))
+    generate_limit_per_user: int = Field(
+        60, ge=1, validation_alias=_aliases("GENERATE_LIMIT_PER_USER")
+    )
     worker_concurrency: int = Field(2, ge=1, le=64, validation_alias=_aliases("WORKER_CONCURRENCY"))
     worker_lease_seconds: float = Field(
         30.0, ge=0.5, le=3_600, validation_alias=_aliases("WORKER_LEASE_SECONDS")

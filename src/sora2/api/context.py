@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sora2.api.auth.client_ip import ClientAddress
-from sora2.api.auth.ratelimit import RateLimiter
+from sora2.api.auth.ratelimit import RateLimiter, rate_limiter
 from sora2.api.auth.security import AccessTokens, Passwords
 from sora2.api.db import Database
 from sora2.api.events import VideoEvents
@@ -30,15 +30,16 @@ class ApiContext:
 
     @classmethod
     def build(cls, settings: Settings, *, database: Database | None = None) -> ApiContext:
+        database = database or Database(settings.resolved_database_url)
         return cls(
             settings=settings,
-            database=database or Database(settings.resolved_database_url),
+            database=database,
             passwords=Passwords(memory_kib=settings.password_hash_memory_kib),
             tokens=AccessTokens(
                 secret=settings.resolved_jwt_secret(),
                 ttl_seconds=settings.access_token_ttl_seconds,
             ),
-            limiter=RateLimiter(window_seconds=settings.rate_limit_window_seconds),
+            limiter=rate_limiter(database, window_seconds=settings.rate_limit_window_seconds),
             client_address=ClientAddress(settings.proxy_trusted_proxies),
             storage=media_storage(settings),
         )

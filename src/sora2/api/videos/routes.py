@@ -25,6 +25,8 @@ CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     402: ERROR_RESPONSES[400] | {"description": "Not enough credits"},
     422: ERROR_RESPONSES[400]
     | {"description": "A field is invalid, or the Idempotency-Key was used for another request"},
+    429: ERROR_RESPONSES[400]
+    | {"description": "Too many videos started in the window (GENERATE_LIMIT_PER_USER)"},
 }
 STATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: ERROR_RESPONSES[400] | {"description": "Not possible in this state"}
@@ -43,6 +45,11 @@ async def _create(
     """Charge and queue (202), or replay the answer to an earlier request with the same key."""
     if idempotent is not None and (replay := await idempotent.claim()) is not None:
         return replay
+    await context.limiter.check_and_record(
+        f"generate:user:{user_id}",
+        context.settings.generate_limit_per_user,
+        "videos started in a short time",
+    )
     video, balance = await service.create(
         session,
         settings=context.settings,
