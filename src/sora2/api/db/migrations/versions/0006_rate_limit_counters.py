@@ -1,7 +1,7 @@
 """rate limit counters shared by every api process
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0007
 Create Date: 2026-12-05 09:20:00
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0006"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
