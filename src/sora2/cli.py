@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from sora2.api.cli import register as register_api
+from sora2.api.storage.cli import register as register_storage
 from sora2.commands import CommandExit, Commands, settings_or_exit
 from sora2.devstack.cli import register as register_devstack
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_serve(commands)
     register_api(commands)
+    register_storage(commands)
     register_devstack(commands)
     return parser
 

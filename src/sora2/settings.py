@@ -243,6 +243,9 @@ class Settings(BaseSettings):
         10, ge=1, validation_alias=_aliases("LOGIN_LIMIT_PER_ACCOUNT")
     )
     register_limit_per_ip: int = Field(10, ge=1, validation_alias=_aliases("REGISTER_LIMIT_PER_IP"))
+    generate_limit_per_user: int = Field(
+        60, ge=1, validation_alias=_aliases("GENERATE_LIMIT_PER_USER")
+    )
     worker_concurrency: int = Field(2, ge=1, le=64, validation_alias=_aliases("WORKER_CONCURRENCY"))
     worker_lease_seconds: float = Field(
         30.0, ge=0.5, le=3_600, validation_alias=_aliases("WORKER_LEASE_SECONDS")
@@ -293,12 +296,40 @@ class Settings(BaseSettings):
             raise ValueError("prices cannot be negative")
         return value
 
+    # --- storage (see docs/configuration.md "Storage" and docs/deployment.md) ---
+    storage_url: str | None = Field(None, validation_alias=_aliases("STORAGE_URL"))
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        return check_storage_url(value) if value and value.strip() else None
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """`STORAGE_URL`, or the folder `DATA_DIR/media` as a file URL."""
+        return self.storage_url or (self.data_dir / "media").resolve().as_uri()
+
     @property
     def runs_embedded_worker(self) -> bool:
         """`API_EMBEDDED_WORKER`, or by default: the api runs a worker itself in development."""
         if self.api_embedded_worker is None:
             return self.is_development
         return self.api_embedded_worker
+
+
+def check_storage_url(value: str) -> str:
+    """`file:///absolute/folder` or `s3://bucket[/prefix]`, or a ValueError saying so."""
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme == "file" and parts.path.startswith("/") and not parts.netloc:
+        return value
+    if parts.scheme == "s3" and parts.netloc and not parts.query:
+        return value
+    raise ValueError(
+        f"{value!r} must be file:///absolute/folder or s3://bucket[/prefix] "
+        "(S3 endpoint and keys come from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY)"
+    )
 
 
 def describe_validation_error(error: ValidationError) -> str:

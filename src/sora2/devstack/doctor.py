@@ -48,6 +48,7 @@ def diagnose() -> list[Finding]:
     findings.extend(check_api(settings))
     findings.extend(check_database(settings, settings_valid=settings_valid))
     findings.extend(check_folders(settings))
+    findings.extend(check_storage(settings, settings_valid=settings_valid))
     findings.extend(check_provider(settings, settings_valid=settings_valid))
     return findings
 
@@ -547,6 +548,34 @@ def _check_writable(variable: str, folder: Path) -> Finding:
             f"fix its permissions (chown/chmod), or set {variable} to a writable folder",
         )
     return Finding(label, "ok", f"{folder.resolve()} is writable")
+
+
+def check_storage(settings: Settings, *, settings_valid: bool) -> list[Finding]:
+    """Asks the api's CLI (`sora2 storage check --json`) to write, read back and delete a small
+    object in the store `STORAGE_URL` names: a subprocess, as for the database."""
+    if not settings_valid:
+        return [Finding("storage", "warn", "not checked: the settings are invalid")]
+    command = [sys.executable, "-m", "sora2", "storage", "check", "--json"]
+    try:
+        result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+            command, capture_output=True, text=True, timeout=DB_CHECK_TIMEOUT, check=False
+        )
+        document = json.loads(result.stdout)
+    except subprocess.TimeoutExpired:
+        return [
+            Finding(
+                "storage",
+                "fail",
+                f"{settings.resolved_storage_url} did not answer within {DB_CHECK_TIMEOUT:g} s",
+                "check AWS_ENDPOINT_URL and that the store is up",
+            )
+        ]
+    except ValueError:
+        reason = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        return [Finding("storage", "fail", reason[-1].removeprefix("sora2: "))]
+    if document.get("writable"):
+        return [Finding("storage", "ok", f"{document['url']} is reachable and writable")]
+    return [Finding("storage", "fail", str(document["message"]), str(document.get("fix", "")))]
 
 
 def check_provider(settings: Settings, *, settings_valid: bool) -> list[Finding]:

@@ -1,6 +1,7 @@
 """Every model, imported once so the metadata knows all tables (migrations, tests)."""
 
 from sora2.api.auth.models import AuthSession, RefreshToken
+from sora2.api.auth.ratelimit import RateLimitCounter
 from sora2.api.credits.models import CreditTransaction
 from sora2.api.idempotency.models import IdempotencyRecord
 from sora2.api.jobs.models import Job, WorkerBeat
@@ -12,6 +13,7 @@ __all__ = [
     "CreditTransaction",
     "IdempotencyRecord",
     "Job",
+    "RateLimitCounter",
     "RefreshToken",
     "User",
     "Video",

@@ -230,25 +230,25 @@ class Worker:
         thumb_tmp = self.storage.temp_path(job.thumbnail_key)
         try:
             await self.provider.download(provider_job_id, video_tmp, thumb_tmp)
-            size = self.storage.commit(video_tmp, job.video_key)
-            self.storage.commit(thumb_tmp, job.thumbnail_key)
+            size = await self.storage.commit(video_tmp, job.video_key)
+            await self.storage.commit(thumb_tmp, job.thumbnail_key)
         finally:
             self.storage.discard(video_tmp)
             self.storage.discard(thumb_tmp)
         try:
             completed = await self.queue.complete(job, video_bytes=size)
         except JobGone:
-            self._remove_files(job)
+            await self._remove_files(job)
             raise
         if completed:
             return "completed"
         # Cancelled while downloading: the refund is done; the files must not outlive the video.
-        self._remove_files(job)
+        await self._remove_files(job)
         return "cancelled"
 
-    def _remove_files(self, job: ClaimedJob) -> None:
-        self.storage.delete(job.video_key)
-        self.storage.delete(job.thumbnail_key)
+    async def _remove_files(self, job: ClaimedJob) -> None:
+        await self.storage.delete(job.video_key)
+        await self.storage.delete(job.thumbnail_key)
 
     async def _cancel_upstream(self, job: ClaimedJob, provider_job_id: str) -> str:
         await self._cancel_quietly(provider_job_id)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from sora2.api import live
 from sora2.api.context import ApiContext
@@ -22,6 +20,7 @@ from sora2.api.deps import (
 from sora2.api.errors import ERROR_RESPONSES, ApiError
 from sora2.api.idempotency.service import IdempotencyKeyHeader, IdempotentRequest
 from sora2.api.schemas import PageNumber, PageSize
+from sora2.api.stored_files import stored_file_response
 from sora2.api.videos import service
 from sora2.api.videos.schemas import VideoCreate, VideoCreated, VideoOut, VideoPage, VideoStatus
 
@@ -31,6 +30,8 @@ CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     402: ERROR_RESPONSES[400] | {"description": "Not enough credits"},
     422: ERROR_RESPONSES[400]
     | {"description": "A field is invalid, or the Idempotency-Key was used for another request"},
+    429: ERROR_RESPONSES[400]
+    | {"description": "Too many videos started in the window (GENERATE_LIMIT_PER_USER)"},
 }
 STATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: ERROR_RESPONSES[400] | {"description": "Not possible in this state"}
@@ -48,6 +49,11 @@ async def _create(
     """Charge and queue (202), or replay the answer to an earlier request with the same key."""
     if idempotent is not None and (replay := await idempotent.claim()) is not None:
         return replay
+    await context.limiter.check_and_record(
+        f"generate:user:{user_id}",
+        context.settings.generate_limit_per_user,
+        "videos started in a short time",
+    )
     video, balance = await service.create(
         session,
         settings=context.settings,
@@ -216,29 +222,7 @@ async def video_events(
     )
 
 
-def _check_range(request: Request, path: Path) -> None:
-    """Answers a bad `Range` in our JSON shape (Starlette's own answer would be plain text)."""
-    header = request.headers.get("range")
-    if header is None:
-        return
-    size = path.stat().st_size
-    try:
-        FileResponse._parse_range_header(header, size)
-    except MalformedRangeHeader:
-        raise ApiError(
-            400, "Bad Request", "The Range header is malformed: send e.g. 'bytes=0-1023'."
-        ) from None
-    except RangeNotSatisfiable:
-        raise ApiError(
-            416,
-            "Range Not Satisfiable",
-            f"The requested range is outside the file ({size} bytes).",
-            details={"size": size},
-            headers={"Content-Range": f"bytes */{size}"},
-        ) from None
-
-
-def _file_of(context: ApiContext, video: dict[str, Any], key: str, what: str) -> str:
+def _key_of(video: dict[str, Any], key: str, what: str) -> str:
     status, stored = video["status"], video[key]
     if status != "completed" or stored is None:
         raise ApiError(
@@ -247,10 +231,7 @@ def _file_of(context: ApiContext, video: dict[str, Any], key: str, what: str) ->
             f"This video is {status}: its {what} exists once it has completed.",
             details={"status": status},
         )
-    path = context.storage.path(stored)
-    if not path.is_file():
-        raise ApiError(404, "Not Found", f"The {what} file of this video is missing from storage.")
-    return str(path)
+    return str(stored)
 
 
 FILE_RESPONSES: dict[int | str, dict[str, Any]] = STATE_RESPONSES | {
@@ -260,7 +241,7 @@ FILE_RESPONSES: dict[int | str, dict[str, Any]] = STATE_RESPONSES | {
 }
 
 
-@router.get("/{video_id}/content", response_class=FileResponse, responses=FILE_RESPONSES)
+@router.get("/{video_id}/content", response_class=StreamingResponse, responses=FILE_RESPONSES)
 async def video_content(
     request: Request,
     video_id: str,
@@ -268,17 +249,17 @@ async def video_content(
     context: Context,
     connection: ReadConnection,
     download: Annotated[bool, Query(description="add Content-Disposition: attachment")] = False,
-) -> FileResponse:
+) -> StreamingResponse:
     """The MP4; `Range` requests get 206 (416 outside the file); `?download=1` saves as a file."""
     video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
-    path = _file_of(context, video, "video_key", "video")
-    _check_range(request, Path(path))
-    return FileResponse(
-        path,
+    return await stored_file_response(
+        request,
+        context.storage,
+        _key_of(video, "video_key", "video"),
+        what="video",
         media_type="video/mp4",
-        filename=f"sora2-{video_id}.mp4" if download else None,
-        content_disposition_type="attachment",
-        headers={"Cache-Control": "private, max-age=3600"},
+        cache_control="private, max-age=3600",
+        download_name=f"sora2-{video_id}.mp4" if download else None,
     )
 
 
@@ -289,14 +270,18 @@ THUMBNAIL_RESPONSES: dict[int | str, dict[str, Any]] = STATE_RESPONSES | {
 
 @router.get(
     "/{video_id}/thumbnail",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses=THUMBNAIL_RESPONSES,
 )
 async def video_thumbnail(
-    video_id: str, caller: CallerDep, context: Context, connection: ReadConnection
-) -> FileResponse:
+    request: Request, video_id: str, caller: CallerDep, context: Context, connection: ReadConnection
+) -> StreamingResponse:
     video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
-    path = _file_of(context, video, "thumbnail_key", "thumbnail")
-    return FileResponse(
-        path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
+    return await stored_file_response(
+        request,
+        context.storage,
+        _key_of(video, "thumbnail_key", "thumbnail"),
+        what="thumbnail",
+        media_type="image/jpeg",
+        cache_control="private, max-age=3600",
     )

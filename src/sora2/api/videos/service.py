@@ -177,5 +177,4 @@ async def delete(session: AsyncSession, *, storage: Storage, user_id: str, video
     await _lock_job_first(session, video_id)  # deleting the video deletes its job too
     await session.delete(video)
     await session.commit()
-    for key in keys:
-        storage.delete(key)
+    await storage.forget(keys)
