@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -32,7 +33,7 @@ class WebProcess:
 def start_web(tmp_path: Path) -> Iterator[object]:
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(api_url: str, **env: str) -> WebProcess:
+    def start(api_url: str, *, open_files: int | None = None, **env: str) -> WebProcess:
         port = free_port()
         log_dir = tmp_path / "logs"
         environment = {
@@ -51,6 +52,7 @@ def start_web(tmp_path: Path) -> Iterator[object]:
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=None if open_files is None else lambda: _lower_soft_limit(open_files),
         )
         started.append(process)
         return WebProcess(process, port, log_dir)
@@ -63,6 +65,12 @@ def start_web(tmp_path: Path) -> Iterator[object]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _lower_soft_limit(soft: int) -> None:
+    """What many systems start a service with: a soft limit of 1024 under a higher hard one."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 async def wait_until_serving(web: WebProcess, session: aiohttp.ClientSession) -> None:
@@ -183,3 +191,12 @@ async def test_invalid_settings_are_reported_clearly(tmp_path: Path) -> None:
     assert "API_URL" in result.stderr
     assert "must be an absolute http(s) URL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_the_web_raises_its_open_file_limit_to_the_hard_limit(
+    backend: RunningServer, start_web, session: aiohttp.ClientSession
+) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    web = start_web(backend.url, open_files=256)
+    await wait_until_serving(web, session)
+    assert psutil.Process(web.process.pid).rlimit(psutil.RLIMIT_NOFILE) == (hard, hard)

@@ -37,7 +37,11 @@ class ProxyConfig:
     health_path: str = "/api/health"
     upstream_prefix: str = "/api"
     development: bool = False
-    pool_size: int = 256
+    pool_size: int = 8_192
+    """Backend connections requests may hold at once (each open stream holds one). Beyond it a
+    request waits for one, within its deadline, and then gets 503 "Proxy At Capacity": the
+    proxy's own congestion, never counted against the backend. Each connection costs two open
+    files (the client's and the backend's)."""
     keepalive_timeout: float = 4.0
     """Seconds an idle pooled connection is kept; 0 disables reuse (a connection per request).
     Keep it below the backend's own keep-alive timeout, or a reused connection may be closed
@@ -68,5 +72,6 @@ class ProxyConfig:
             circuit_failure_threshold=settings.proxy_circuit_failure_threshold,
             circuit_open_time=settings.proxy_circuit_open_ms / 1000,
             retry_budget_ratio=settings.proxy_retry_budget_ratio,
+            pool_size=settings.proxy_pool_size,
             development=settings.is_development,
         )

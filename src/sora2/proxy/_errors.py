@@ -18,6 +18,8 @@ class Failure(enum.Enum):
     TIMEOUT = "timeout"
     BAD_GATEWAY = "bad_gateway"
     TOO_LARGE = "too_large"
+    BODY_TIMEOUT = "body_timeout"
+    SATURATED = "saturated"
     BAD_PATH = "bad_path"
     FORBIDDEN_ORIGIN = "forbidden_origin"
 
@@ -39,6 +41,8 @@ _STATUS = {
     Failure.TIMEOUT: 504,
     Failure.BAD_GATEWAY: 502,
     Failure.TOO_LARGE: 413,
+    Failure.BODY_TIMEOUT: 408,
+    Failure.SATURATED: 503,
     Failure.BAD_PATH: 400,
     Failure.FORBIDDEN_ORIGIN: 403,
 }
@@ -49,6 +53,8 @@ _TITLE = {
     Failure.TIMEOUT: "Request Timeout",
     Failure.BAD_GATEWAY: "Bad Gateway",
     Failure.TOO_LARGE: "Payload Too Large",
+    Failure.BODY_TIMEOUT: "Request Body Timeout",
+    Failure.SATURATED: "Proxy At Capacity",
     Failure.BAD_PATH: "Bad Request",
     Failure.FORBIDDEN_ORIGIN: "Forbidden Origin",
 }
@@ -98,6 +104,21 @@ def _message_and_suggestion(
             return (
                 f"The request body is larger than the proxy's limit of {max_body} bytes.",
                 "Send a smaller body, or raise PROXY_MAX_BODY_BYTES.",
+            )
+        case Failure.BODY_TIMEOUT:
+            return (
+                "The request body stopped arriving before it was complete, so it was not "
+                "forwarded.",
+                "Send the whole body without pauses longer than PROXY_IDLE_TIMEOUT_MS "
+                f"({error.extra.get('idleTimeout', '?')} ms).",
+            )
+        case Failure.SATURATED:
+            return (
+                "The proxy already holds as many backend connections as it may "
+                f"({error.extra.get('poolSize', '?')}); this request waited for one until its "
+                "deadline. The backend itself was not at fault.",
+                "Retry shortly. If this lasts, raise PROXY_POOL_SIZE (and the open-file limit: "
+                "sora2 doctor shows it).",
             )
         case Failure.BAD_PATH:
             return (

@@ -36,6 +36,7 @@ class ProxyMetrics:
         self.retries = 0
         self.budget_refusals = 0
         self.fail_fast = 0
+        self.pool_timeouts = 0
         self.circuit_state = CircuitState.CLOSED
         self.bytes_in = 0
         self.bytes_out = 0
@@ -82,6 +83,11 @@ class ProxyMetrics:
             "sora2_proxy_fail_fast",
             "Requests refused at once because the backend was known down",
             value=self.fail_fast,
+        )
+        yield CounterMetricFamily(
+            "sora2_proxy_pool_timeouts",
+            "Requests whose deadline passed while they waited for a free backend connection",
+            value=self.pool_timeouts,
         )
         yield GaugeMetricFamily(
             "sora2_proxy_circuit_state",

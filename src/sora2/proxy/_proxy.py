@@ -25,6 +25,7 @@ from sora2.proxy._deadline import Deadline
 from sora2.proxy._errors import Failure, ProxyError, error_response
 from sora2.proxy._forward import (
     BUFFERED_RESPONSE_BYTES,
+    BodyStalled,
     BodyTooLarge,
     ClientGone,
     RequestBody,
@@ -43,6 +44,7 @@ from sora2.proxy._headers import (
 from sora2.proxy._health import Health, HealthMonitor
 from sora2.proxy._metrics import ProxyMetrics
 from sora2.proxy._paths import UnsafePath, checked_upstream_path
+from sora2.proxy._pool import ConnectionSlots
 from sora2.proxy._retry import (
     RETRYABLE_STATUSES,
     RetryBudget,
@@ -87,6 +89,8 @@ class _Exchange:
     body: RequestBody = None
     attempts: int = 0
     holds_retry_budget: bool = False
+    holds_slot: bool = False
+    waiting_for_slot: bool = False
     waiting_for_start: ProxyError | None = None
     """The failure a request is holding on to while it waits for a starting backend."""
 
@@ -117,7 +121,9 @@ class Proxy:
         self.budget = RetryBudget(ratio=config.retry_budget_ratio, minimum=config.retry_budget_min)
         self._upstream_base = config.api_url + config.upstream_prefix
         self._session: aiohttp.ClientSession | None = None
+        self._health_session: aiohttp.ClientSession | None = None
         self._health: HealthMonitor | None = None
+        self._slots: ConnectionSlots | None = None
         self._startup_ends = 0.0
         # Set by start(). Kept rather than looked up per request: on Python 3.11 each
         # `asyncio.get_running_loop()` is a getpid system call, and a request needed four.
@@ -129,8 +135,11 @@ class Proxy:
         self._loop = asyncio.get_running_loop()
         self._startup_ends = self._loop.time() + self.config.startup_grace
         reuse = self.config.keepalive_timeout > 0
+        # Unbounded here: `ConnectionSlots` holds the limit, so that waiting for a connection is
+        # never mistaken for the backend failing to accept one (see _pool.py).
+        self._slots = ConnectionSlots(self.config.pool_size, self._loop)
         connector = aiohttp.TCPConnector(
-            limit=self.config.pool_size,
+            limit=0,
             keepalive_timeout=self.config.keepalive_timeout if reuse else None,
             force_close=not reuse,
             ttl_dns_cache=60,
@@ -141,16 +150,26 @@ class Proxy:
             # The proxy serves many users: it must never keep one user's cookies for another.
             cookie_jar=aiohttp.DummyCookieJar(),
             request_class=_ForwardingRequest,
-            # The request deadline is a `Deadline` per request; `sock_read` is the idle timeout:
-            # the longest the backend may stay silent once the request is sent.
+            # The request deadline is a `Deadline` per request; `sock_connect` bounds the TCP
+            # connect alone (aiohttp's `connect` would also cover a wait for a pooled
+            # connection); `sock_read` is the idle timeout: the longest the backend may stay
+            # silent once the request is sent.
             timeout=aiohttp.ClientTimeout(
                 total=None,
-                connect=self.config.connect_timeout,
+                connect=None,
+                sock_connect=self.config.connect_timeout,
                 sock_read=self.config.idle_timeout,
             ),
         )
+        # Health checks have a connection of their own: however many streams hold the
+        # forwarding connections, a check still reaches the backend at once.
+        self._health_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1, keepalive_timeout=self.config.health_ttl),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
         self._health = HealthMonitor(
-            session=self._session,
+            session=self._health_session,
             url=self.config.api_url + self.config.health_path,
             ttl=self.config.health_ttl,
             timeout=max(self.config.connect_timeout, 1.0),
@@ -163,11 +182,18 @@ class Proxy:
             await self._health.stop()
         if self._session is not None:
             await self._session.close()
+        if self._health_session is not None:
+            await self._health_session.close()
 
     @property
     def health(self) -> HealthMonitor:
         assert self._health is not None, "Proxy.start() was not awaited"
         return self._health
+
+    @property
+    def slots(self) -> ConnectionSlots:
+        assert self._slots is not None, "Proxy.start() was not awaited"
+        return self._slots
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -193,7 +219,7 @@ class Proxy:
             method=request.method,
             request_id=request_id_from(request.headers),
             started=started,
-            deadline=self.loop.time() + self.config.request_timeout,
+            deadline=0.0,  # set once the request body is in hand (see _exchange)
         )
         token = request_id_var.set(exchange.request_id)
         self.budget.in_flight += 1
@@ -247,10 +273,18 @@ class Proxy:
         if exchange.cors.preflight:
             return exchange.cors.preflight_response(exchange.request_id)
         exchange.idempotent = is_idempotent(exchange.method, "Idempotency-Key" in request.headers)
+        config = self.config
         try:
-            exchange.body = await read_request_body(request, self.config.max_body_bytes)
+            exchange.body = await read_request_body(
+                request, config.max_body_bytes, config.idle_timeout
+            )
         except BodyTooLarge:
             raise ProxyError(Failure.TOO_LARGE) from None
+        except BodyStalled:
+            raise self._body_timeout() from None
+        # The deadline runs from here: a body in hand has been read; a streamed one moves it on
+        # as it goes (see _watch_streamed_body), so a long, steady upload is not cut off by it.
+        exchange.deadline = self.loop.time() + config.request_timeout
         self._fail_fast_if_down()
         headers = upstream_request_headers(
             request.headers,
@@ -261,12 +295,20 @@ class Proxy:
             trusted=self.config.trusted_proxies,
             via=self.config.via,
         )
-        upstream = await self._send_before_deadline(url, headers, exchange)
         try:
-            return await self._respond(request, upstream, exchange)
+            upstream = await self._send_before_deadline(url, headers, exchange)
+            try:
+                return await self._respond(request, upstream, exchange)
+            finally:
+                upstream.release()
+                self._count_request_bytes(exchange.body)
         finally:
-            upstream.release()
-            self._count_request_bytes(exchange.body)
+            if exchange.holds_slot:
+                self.slots.give_back()
+
+    def _body_timeout(self) -> ProxyError:
+        idle_ms = round(self.config.idle_timeout * 1000)
+        return ProxyError(Failure.BODY_TIMEOUT, "EBODYTIMEOUT", extra={"idleTimeout": idle_ms})
 
     def _count_request_bytes(self, body: RequestBody) -> None:
         if isinstance(body, StreamedBody):
@@ -309,7 +351,10 @@ class Proxy:
         self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
     ) -> aiohttp.ClientResponse:
         deadline = Deadline(self.loop, exchange.deadline)
+        if isinstance(exchange.body, StreamedBody):
+            self._watch_streamed_body(exchange.body, deadline, exchange)
         try:
+            await self._take_slot(exchange)
             return await self._send_with_retries(url, headers, exchange)
         except asyncio.CancelledError:
             if not deadline.expired:
@@ -318,10 +363,53 @@ class Proxy:
             deadline.absorb()
         finally:
             deadline.disarm()
+        # Time is up. Whose fault it was decides the answer, and whether the backend is blamed.
         if exchange.waiting_for_start is not None:
             raise exchange.waiting_for_start  # the backend never came up in time
+        body = exchange.body
+        if exchange.waiting_for_slot or (isinstance(body, StreamedBody) and body.awaiting_client):
+            self.circuit.release_probe()
+            if exchange.waiting_for_slot:
+                self.metrics.pool_timeouts += 1
+                raise ProxyError(
+                    Failure.SATURATED,
+                    "EPOOLWAIT",
+                    retry_after=1,
+                    extra={"poolSize": self.config.pool_size},
+                )
+            raise self._body_timeout()
         self._note_failure("timeout")
         raise ProxyError(Failure.TIMEOUT, "ETIMEDOUT")
+
+    async def _take_slot(self, exchange: _Exchange) -> None:
+        """Hold one of the pool's connections for this request; a wait is ours, not the
+        backend's (see _pool.py), and it ends with the request's deadline at the latest."""
+        slots = self.slots
+        if slots.busy < slots.limit and not slots.waiting:
+            slots.busy += 1
+        else:
+            exchange.waiting_for_slot = True
+            await slots.take()
+            exchange.waiting_for_slot = False
+        exchange.holds_slot = True
+
+    def _watch_streamed_body(
+        self, body: StreamedBody, deadline: Deadline, exchange: _Exchange
+    ) -> None:
+        """While a streamed body is being sent, the deadline is the idle timeout from the last
+        chunk; once it has all gone, the request deadline starts."""
+        loop = self.loop
+        config = self.config
+
+        def progress() -> None:
+            deadline.move_to(loop.time() + config.idle_timeout)
+
+        def sent() -> None:
+            exchange.deadline = loop.time() + config.request_timeout
+            deadline.move_to(exchange.deadline)
+
+        body.on_progress = progress
+        body.on_sent = sent
 
     async def _send_with_retries(
         self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
@@ -489,7 +577,9 @@ class Proxy:
         response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
         await response.prepare(request)
         try:
-            await stream_body(response, upstream, self.metrics.add_bytes_out)
+            await stream_body(
+                response, upstream, self.metrics.add_bytes_out, self.config.idle_timeout
+            )
         except StreamBroken as broken:
             # The headers are gone already: the only honest signal left is a broken connection.
             logger.warning("backend broke off the response body: %s", broken)
