@@ -212,6 +212,12 @@ async def stall_body(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def huge_header(request: web.Request) -> web.Response:
+    """A response whose one header is over aiohttp's 8190-byte limit: never parseable."""
+    await _record(request)
+    return web.Response(text="unreachable", headers={"X-Huge": "h" * 10_000})
+
+
 @web.middleware
 async def _note_every_request(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -233,6 +239,7 @@ def create_backend(state: BackendState | None = None) -> web.Application:
     app.router.add_get("/api/sse", sse)
     app.router.add_route("*", "/api/stall", stall)
     app.router.add_get("/api/stall-body", stall_body)
+    app.router.add_get("/api/huge-header", huge_header)
     return app
 
 

@@ -142,3 +142,17 @@ def test_log_lines_read_as_log_format_says_tracebacks_included() -> None:
         twin = logging.makeLogRecord(record.__dict__)
         assert ours.format(record) == stock.format(twin)
     assert "] GET /api/proxy/x 200\nTraceback" in ours.format(record)
+
+
+def test_a_slow_half_open_probe_holds_others_back_no_longer_than_its_timeout() -> None:
+    clock = FakeClock()
+    circuit = CircuitBreaker(failure_threshold=1, open_time=0.5, probe_timeout=1.0, clock=clock)
+    circuit.record_failure()
+    clock.now += 0.5
+    assert circuit.allow()  # the probe, which then takes its time
+    clock.now += 0.9
+    assert not circuit.allow()
+    clock.now += 0.1
+    assert circuit.allow()  # the slow probe no longer blocks: another request probes
+    circuit.record_success()
+    assert circuit.state is CircuitState.CLOSED

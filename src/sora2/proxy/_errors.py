@@ -33,6 +33,9 @@ class ProxyError(Exception):
     detail: str = ""
     retry_after: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    backend_failed: bool = False
+    """The backend could not be reached, reset the connection or stayed silent: what the
+    circuit breaker counts, and what a retry may cure."""
 
 
 _STATUS = {

@@ -23,7 +23,7 @@ from prometheus_client.core import (
 from sora2.proxy._circuit import CircuitState
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-OUTCOMES = ("response", "refused", "connect_error", "reset", "timeout")
+OUTCOMES = ("response", "refused", "connect_error", "reset", "timeout", "invalid_response")
 DURATION_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip

@@ -91,6 +91,8 @@ class _Exchange:
     holds_retry_budget: bool = False
     holds_slot: bool = False
     waiting_for_slot: bool = False
+    probe: bool = False
+    """This request is the circuit's half-open probe."""
     waiting_for_start: ProxyError | None = None
     """The failure a request is holding on to while it waits for a starting backend."""
 
@@ -116,6 +118,7 @@ class Proxy:
         self.circuit = CircuitBreaker(
             failure_threshold=config.circuit_failure_threshold,
             open_time=config.circuit_open_time,
+            probe_timeout=max(config.connect_timeout, 1.0),
             on_change=self._circuit_changed,
         )
         self.budget = RetryBudget(ratio=config.retry_budget_ratio, minimum=config.retry_budget_min)
@@ -161,6 +164,11 @@ class Proxy:
                 sock_read=self.config.idle_timeout,
             ),
         )
+        # aiohttp re-sends an idempotent request once, silently, when a connection breaks under
+        # it. The proxy decides retries itself (and counts them, and spends the budget on them):
+        # the attempts it reports must be the attempts the backend saw. aiohttp's own test
+        # client turns it off the same way; there is no public switch.
+        self._session._retry_connection = False
         # Health checks have a connection of their own: however many streams hold the
         # forwarding connections, a check still reaches the backend at once.
         self._health_session = aiohttp.ClientSession(
@@ -237,8 +245,6 @@ class Proxy:
             return response
         finally:
             self.budget.in_flight -= 1
-            if exchange.holds_retry_budget:
-                self.budget.release()
             duration = time.perf_counter() - started
             self.metrics.count_request(status or 499, duration)
             logger.info(
@@ -285,7 +291,7 @@ class Proxy:
         # The deadline runs from here: a body in hand has been read; a streamed one moves it on
         # as it goes (see _watch_streamed_body), so a long, steady upload is not cut off by it.
         exchange.deadline = self.loop.time() + config.request_timeout
-        self._fail_fast_if_down()
+        self._fail_fast_if_down(exchange)
         headers = upstream_request_headers(
             request.headers,
             peer=request.remote,
@@ -331,7 +337,7 @@ class Proxy:
             target += "?" + query
         return URL(target, encoded=True)
 
-    def _fail_fast_if_down(self) -> None:
+    def _fail_fast_if_down(self, exchange: _Exchange) -> None:
         """503 at once when the backend is known down, instead of piling requests onto it."""
         health = self.health
         if health.verdict is Health.DOWN and health.ever_up:
@@ -339,47 +345,83 @@ class Proxy:
             raise ProxyError(
                 Failure.UNAVAILABLE, "HEALTH_CHECK_FAILED", health.last_error, retry_after=1
             )
-        if not self.circuit.allow():
+        circuit = self.circuit
+        if circuit.state is CircuitState.CLOSED:
+            return
+        if not circuit.allow():
             self.metrics.fail_fast += 1
-            raise ProxyError(
-                Failure.UNAVAILABLE, "CIRCUIT_OPEN", retry_after=self.circuit.retry_after()
-            )
+            raise ProxyError(Failure.UNAVAILABLE, "CIRCUIT_OPEN", retry_after=circuit.retry_after())
+        exchange.probe = circuit.state is CircuitState.HALF_OPEN
 
     # -- attempts and retries --------------------------------------------------------------
 
     async def _send_before_deadline(
         self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
     ) -> aiohttp.ClientResponse:
+        """All attempts, within the deadline. Whatever happens, the breaker hears one verdict on
+        the backend for the whole request (see `_settle`), and a retry-budget slot is given back
+        as soon as the response headers are in: a long stream must not hold one."""
         deadline = Deadline(self.loop, exchange.deadline)
         if isinstance(exchange.body, StreamedBody):
             self._watch_streamed_body(exchange.body, deadline, exchange)
         try:
             await self._take_slot(exchange)
-            return await self._send_with_retries(url, headers, exchange)
+            upstream = await self._send_with_retries(url, headers, exchange)
         except asyncio.CancelledError:
             if not deadline.expired:
-                self.circuit.release_probe()  # the client left; the probe told us nothing
+                self._settle(exchange, backend_failed=None)  # the client left: it tells nothing
                 raise
             deadline.absorb()
+        except ProxyError as error:
+            self._settle(exchange, backend_failed=error.backend_failed)
+            raise
+        else:
+            self._settle(exchange, backend_failed=False)  # the backend answered
+            return upstream
         finally:
             deadline.disarm()
-        # Time is up. Whose fault it was decides the answer, and whether the backend is blamed.
+            if exchange.holds_retry_budget:
+                exchange.holds_retry_budget = False
+                self.budget.release()
+        raise self._time_is_up(exchange)
+
+    def _time_is_up(self, exchange: _Exchange) -> ProxyError:
+        """The deadline passed: whose fault it was decides the answer and the breaker's verdict."""
         if exchange.waiting_for_start is not None:
-            raise exchange.waiting_for_start  # the backend never came up in time
+            self._settle(exchange, backend_failed=None)
+            return exchange.waiting_for_start  # the backend never came up in time
+        if exchange.waiting_for_slot:
+            self._settle(exchange, backend_failed=None)  # the proxy's own congestion
+            self.metrics.pool_timeouts += 1
+            return ProxyError(
+                Failure.SATURATED,
+                "EPOOLWAIT",
+                retry_after=1,
+                extra={"poolSize": self.config.pool_size},
+            )
         body = exchange.body
-        if exchange.waiting_for_slot or (isinstance(body, StreamedBody) and body.awaiting_client):
-            self.circuit.release_probe()
-            if exchange.waiting_for_slot:
-                self.metrics.pool_timeouts += 1
-                raise ProxyError(
-                    Failure.SATURATED,
-                    "EPOOLWAIT",
-                    retry_after=1,
-                    extra={"poolSize": self.config.pool_size},
-                )
-            raise self._body_timeout()
-        self._note_failure("timeout")
-        raise ProxyError(Failure.TIMEOUT, "ETIMEDOUT")
+        if isinstance(body, StreamedBody) and body.awaiting_client:
+            self._settle(exchange, backend_failed=None)  # the client stalled, not the backend
+            return self._body_timeout()
+        self.metrics.count_attempt("timeout")
+        self._settle(exchange, backend_failed=True)
+        return ProxyError(Failure.TIMEOUT, "ETIMEDOUT")
+
+    def _settle(self, exchange: _Exchange, *, backend_failed: bool | None) -> None:
+        """Tell the breaker, once per client request, what this request learnt of the backend:
+        it answered (any status: one route's 503 says nothing of the others), it failed (could
+        not be reached, reset, stayed silent), or nothing (None: the client left or stalled,
+        the proxy was congested, the response was one no retry would fix)."""
+        circuit = self.circuit
+        if backend_failed is None or (backend_failed and not self.health.ever_up):
+            # Failures before the backend was ever up are its start-up, not an outage.
+            if exchange.probe:
+                circuit.release_probe()
+        elif backend_failed:
+            circuit.record_failure()
+        elif circuit.state is not CircuitState.CLOSED or circuit.consecutive_failures:
+            circuit.record_success()
+        exchange.probe = False
 
     async def _take_slot(self, exchange: _Exchange) -> None:
         """Hold one of the pool's connections for this request; a wait is ours, not the
@@ -426,7 +468,7 @@ class Proxy:
                 if wait is None or not await self._pause(wait, exchange, error):
                     raise
                 continue
-            self._note_answer(upstream.status)
+            self.health.note_response()
             if upstream.status not in RETRYABLE_STATUSES:
                 return upstream
             wait = self._wait_after_status(upstream, exchange)
@@ -452,47 +494,48 @@ class Proxy:
             )
         except aiohttp.ConnectionTimeoutError as error:
             self._note_failure("connect_error")
-            raise ProxyError(Failure.TIMEOUT, "ECONNTIMEOUT", str(error)) from None
+            raise ProxyError(
+                Failure.TIMEOUT, "ECONNTIMEOUT", str(error), backend_failed=True
+            ) from None
         except TimeoutError:
             # The backend stayed silent longer than the idle timeout after the request was sent.
             self._note_failure("timeout")
-            raise ProxyError(Failure.TIMEOUT, "ETIMEDOUT") from None
+            raise ProxyError(Failure.TIMEOUT, "ETIMEDOUT", backend_failed=True) from None
         except aiohttp.ClientConnectorError as error:
             refused = isinstance(error.os_error, ConnectionRefusedError)
             self._note_failure("refused" if refused else "connect_error")
             if refused:
-                raise ProxyError(Failure.REFUSED, "ECONNREFUSED", str(error), 1) from None
+                raise ProxyError(
+                    Failure.REFUSED, "ECONNREFUSED", str(error), 1, backend_failed=True
+                ) from None
             code = "ENOTFOUND" if isinstance(error, aiohttp.ClientConnectorDNSError) else "ECONNECT"
-            raise ProxyError(Failure.BAD_GATEWAY, code, str(error)) from None
+            raise ProxyError(Failure.BAD_GATEWAY, code, str(error), backend_failed=True) from None
+        except aiohttp.ClientResponseError as error:
+            # A response aiohttp cannot parse (a header over its size limit, say): the same
+            # request would get the same response, so it is not retried, and the backend is
+            # answering, so it is not counted as down.
+            self.metrics.count_attempt("invalid_response")
+            raise ProxyError(Failure.BAD_GATEWAY, "EINVALIDRESPONSE", error.message) from None
         except (aiohttp.ClientError, OSError) as error:
             if isinstance(body, StreamedBody) and body.too_large:
-                self.circuit.release_probe()
                 raise ProxyError(Failure.TOO_LARGE) from None
             self._note_failure("reset")
             code = "ECONNRESET" if _is_reset(error) else "EBADRESPONSE"
             cause = f"{type(error).__name__}: {error}"
-            raise ProxyError(Failure.BAD_GATEWAY, code, cause) from None
+            raise ProxyError(Failure.BAD_GATEWAY, code, cause, backend_failed=True) from None
         self.metrics.count_attempt("response")
         return response
 
-    def _note_answer(self, status: int) -> None:
-        self.health.note_response()
-        if status in RETRYABLE_STATUSES:
-            self.circuit.record_failure()
-        else:
-            self.circuit.record_success()
-
     def _note_failure(self, outcome: str) -> None:
+        """An attempt could not reach the backend: counted, and the health monitor checks now.
+        The breaker hears of it once the whole request is settled."""
         self.metrics.count_attempt(outcome)
-        # Failures before the backend was ever up are its start-up, not an outage.
-        if self.health.ever_up:
-            self.circuit.record_failure()
-        else:
-            self.circuit.release_probe()
         self.health.note_failure()
 
     def _wait_after_failure(self, error: ProxyError, exchange: _Exchange) -> float | None:
         """Seconds to wait before retrying after a transport failure, or None: do not retry."""
+        if not error.backend_failed:
+            return None  # nothing a retry would change
         nothing_sent = error.error_code in _NOTHING_SENT
         if exchange.body_started or not (nothing_sent or exchange.idempotent):
             return None
