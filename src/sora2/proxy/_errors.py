@@ -20,6 +20,7 @@ class Failure(enum.Enum):
     TOO_LARGE = "too_large"
     BODY_TIMEOUT = "body_timeout"
     SATURATED = "saturated"
+    UNSUPPORTED_CODING = "unsupported_coding"
     BAD_PATH = "bad_path"
     FORBIDDEN_ORIGIN = "forbidden_origin"
 
@@ -46,6 +47,7 @@ _STATUS = {
     Failure.TOO_LARGE: 413,
     Failure.BODY_TIMEOUT: 408,
     Failure.SATURATED: 503,
+    Failure.UNSUPPORTED_CODING: 501,
     Failure.BAD_PATH: 400,
     Failure.FORBIDDEN_ORIGIN: 403,
 }
@@ -58,6 +60,7 @@ _TITLE = {
     Failure.TOO_LARGE: "Payload Too Large",
     Failure.BODY_TIMEOUT: "Request Body Timeout",
     Failure.SATURATED: "Proxy At Capacity",
+    Failure.UNSUPPORTED_CODING: "Not Implemented",
     Failure.BAD_PATH: "Bad Request",
     Failure.FORBIDDEN_ORIGIN: "Forbidden Origin",
 }
@@ -123,6 +126,12 @@ def _message_and_suggestion(
                 "Retry shortly. If this lasts, raise PROXY_POOL_SIZE (and the open-file limit: "
                 "sora2 doctor shows it).",
             )
+        case Failure.UNSUPPORTED_CODING:
+            return (
+                f"The request body's Transfer-Encoding ({error.detail}) is not supported.",
+                "Send the body with a Content-Length or as plain chunked; compress it with "
+                "Content-Encoding instead.",
+            )
         case Failure.BAD_PATH:
             return (
                 f"The request path contains {error.detail or 'something not allowed'}, "
@@ -170,7 +179,7 @@ def error_response(
         "details": details,
         "requestId": request_id,
     }
-    headers = {"X-Request-ID": request_id, "Cache-Control": "no-store"}
+    headers = {"X-Request-ID": request_id, "Cache-Control": "no-store", "Server": "sora2"}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return web.Response(

@@ -9,6 +9,10 @@ import re
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from sora2.proxy._config import Network
+from sora2.proxy._relay import has_raw_bytes
+
+# What the proxy's own responses say in `Server`: no product versions to look up exploits for.
+SERVER = "sora2"
 
 # Never forwarded in either direction (RFC 9110 §7.6.1), plus the ones the proxy sets itself.
 HOP_BY_HOP = frozenset(
@@ -162,17 +166,21 @@ def downstream_response_headers(
     api_url: str,
     upstream_prefix: str,
     public_prefix: str,
-) -> CIMultiDict[str]:
-    """The backend's end-to-end response headers, with cookie paths and redirects made to work."""
+) -> tuple[CIMultiDict[str], bool]:
+    """The backend's end-to-end response headers, with cookie paths and redirects made to work;
+    and whether any of them holds bytes that are not UTF-8 (see _relay.py)."""
     dropped = _RESPONSE_DROPPED
     named = _connection_tokens(upstream)
     if named:
         dropped = dropped | named
     headers: CIMultiDict[str] = CIMultiDict()
+    raw_bytes = False
     for name, value in upstream.items():
         lowered = name.lower()
         if lowered in dropped:
             continue
+        if not value.isascii():
+            raw_bytes = raw_bytes or has_raw_bytes(value)
         if lowered == "set-cookie":
             value = rewrite_cookie_path(value, public_prefix)
         elif lowered == "location":
@@ -183,4 +191,6 @@ def downstream_response_headers(
     prior_via = upstream.get("via")
     headers["Via"] = f"{prior_via}, {via}" if prior_via else via
     headers["X-Request-ID"] = request_id
-    return headers
+    if "server" not in headers:
+        headers["Server"] = SERVER  # not aiohttp's, which names its version and Python's
+    return headers, raw_bytes

@@ -37,6 +37,7 @@ class ProxyMetrics:
         self.budget_refusals = 0
         self.fail_fast = 0
         self.pool_timeouts = 0
+        self.truncated_responses = 0
         self.circuit_state = CircuitState.CLOSED
         self.bytes_in = 0
         self.bytes_out = 0
@@ -88,6 +89,11 @@ class ProxyMetrics:
             "sora2_proxy_pool_timeouts",
             "Requests whose deadline passed while they waited for a free backend connection",
             value=self.pool_timeouts,
+        )
+        yield CounterMetricFamily(
+            "sora2_proxy_truncated_responses",
+            "Responses cut off mid-body because the backend broke off or went silent",
+            value=self.truncated_responses,
         )
         yield GaugeMetricFamily(
             "sora2_proxy_circuit_state",

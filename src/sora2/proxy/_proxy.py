@@ -45,6 +45,7 @@ from sora2.proxy._health import Health, HealthMonitor
 from sora2.proxy._metrics import ProxyMetrics
 from sora2.proxy._paths import UnsafePath, checked_upstream_path
 from sora2.proxy._pool import ConnectionSlots
+from sora2.proxy._relay import RelayedBody, RelayedStream
 from sora2.proxy._retry import (
     RETRYABLE_STATUSES,
     RetryBudget,
@@ -245,6 +246,8 @@ class Proxy:
             return response
         finally:
             self.budget.in_flight -= 1
+            if exchange.probe:  # claimed, then refused before it was sent (a body too large...)
+                self.circuit.release_probe()
             duration = time.perf_counter() - started
             self.metrics.count_request(status or 499, duration)
             logger.info(
@@ -280,6 +283,16 @@ class Proxy:
             return exchange.cors.preflight_response(exchange.request_id)
         exchange.idempotent = is_idempotent(exchange.method, "Idempotency-Key" in request.headers)
         config = self.config
+        if "Transfer-Encoding" in request.headers:
+            _refuse_unknown_transfer_coding(request)
+        declared = request.content_length
+        if declared is not None and declared > config.max_body_bytes:
+            raise ProxyError(Failure.TOO_LARGE)
+        self._fail_fast_if_down(exchange)
+        if "Expect" in request.headers:
+            # Only now that size, origin and the backend's state are known to be fine is the
+            # client told to send its body (mount_proxy keeps aiohttp from saying so earlier).
+            await _continue_if_expected(request)
         try:
             exchange.body = await read_request_body(
                 request, config.max_body_bytes, config.idle_timeout
@@ -291,7 +304,6 @@ class Proxy:
         # The deadline runs from here: a body in hand has been read; a streamed one moves it on
         # as it goes (see _watch_streamed_body), so a long, steady upload is not cut off by it.
         exchange.deadline = self.loop.time() + config.request_timeout
-        self._fail_fast_if_down(exchange)
         headers = upstream_request_headers(
             request.headers,
             peer=request.remote,
@@ -301,6 +313,8 @@ class Proxy:
             trusted=self.config.trusted_proxies,
             via=self.config.via,
         )
+        if declared is not None and isinstance(exchange.body, StreamedBody):
+            headers["Content-Length"] = str(declared)  # framed as the client framed it
         try:
             upstream = await self._send_before_deadline(url, headers, exchange)
             try:
@@ -323,7 +337,10 @@ class Proxy:
             self.metrics.bytes_in += len(body)
 
     def _upstream_url(self, request: web.Request) -> URL:
-        path, _, query = request.raw_path.partition("?")
+        target = request.raw_path
+        if not target.startswith("/"):
+            target = _origin_form(target)
+        path, _, query = target.partition("?")
         prefix = self.public_prefix
         if not (path == prefix or path.startswith(prefix + "/")):
             raise ProxyError(Failure.BAD_PATH, detail="a path outside the proxy prefix")
@@ -594,7 +611,7 @@ class Proxy:
     async def _respond(
         self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: _Exchange
     ) -> web.StreamResponse:
-        headers = downstream_response_headers(
+        headers, raw_bytes = downstream_response_headers(
             upstream.headers,
             request_id=exchange.request_id,
             via=self.config.via,
@@ -604,20 +621,27 @@ class Proxy:
         )
         exchange.cors.apply(headers)
         status = upstream.status
+        reason = upstream.reason
         if has_no_body(exchange.method, status):
-            response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
+            response = RelayedStream(
+                status=status, reason=reason, headers=headers, raw_bytes=raw_bytes
+            )
             await response.prepare(request)
             return response
         length = upstream.content_length
-        if length is not None and length <= BUFFERED_RESPONSE_BYTES:
+        # One write when the whole body is in hand already; a body still arriving is streamed
+        # as it comes, however small (a slow answer must not be held back until complete).
+        if length is not None and length <= BUFFERED_RESPONSE_BYTES and upstream.content.is_eof():
             try:
                 data = await read_small_body(upstream)
             except StreamBroken as broken:
                 raise ProxyError(Failure.BAD_GATEWAY, "ETRUNCATED", str(broken)) from None
-            del headers["Content-Length"]
+            headers.popall("Content-Length", None)  # aiohttp sets it from the body
             self.metrics.bytes_out += len(data)
-            return web.Response(status=status, reason=upstream.reason, headers=headers, body=data)
-        response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
+            return RelayedBody(
+                status=status, reason=reason, headers=headers, body=data, raw_bytes=raw_bytes
+            )
+        response = RelayedStream(status=status, reason=reason, headers=headers, raw_bytes=raw_bytes)
         await response.prepare(request)
         try:
             await stream_body(
@@ -626,10 +650,38 @@ class Proxy:
         except StreamBroken as broken:
             # The headers are gone already: the only honest signal left is a broken connection.
             logger.warning("backend broke off the response body: %s", broken)
+            self.metrics.truncated_responses += 1
             request.protocol.force_close()
             return response
         await response.write_eof()
         return response
+
+
+def _origin_form(target: str) -> str:
+    """`/path?query` of an absolute-form request target (`GET http://host/path`), which HTTP/1.1
+    servers must accept (RFC 9112 §3.2.2); anything else is not a path the proxy forwards."""
+    url = URL(target, encoded=True)
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        raise ProxyError(Failure.BAD_PATH, detail="a request target that is not a path")
+    return url.raw_path_qs
+
+
+def _refuse_unknown_transfer_coding(request: web.Request) -> None:
+    """Only `chunked` is understood; a body in any other transfer-coding cannot be forwarded
+    faithfully, and RFC 9112 §6.1 asks for 501."""
+    codings = [
+        token.strip().lower()
+        for value in request.headers.getall("Transfer-Encoding")
+        for token in value.split(",")
+        if token.strip()
+    ]
+    if codings != ["chunked"]:
+        raise ProxyError(Failure.UNSUPPORTED_CODING, detail=", ".join(codings) or "(empty)")
+
+
+async def _continue_if_expected(request: web.Request) -> None:
+    if request.headers["Expect"].lower() == "100-continue" and request.body_exists:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
 def _is_reset(error: BaseException) -> bool:

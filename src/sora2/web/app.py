@@ -25,6 +25,12 @@ async def _metrics(request: web.Request) -> web.Response:
     )
 
 
+async def _server_without_versions(_: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp's default `Server` names its version and Python's: an attacker's shopping list."""
+    if response.headers.get("Server", "").startswith("Python/"):
+        response.headers["Server"] = "sora2"
+
+
 def create_app(settings: Settings) -> web.Application:
     proxy = Proxy(ProxyConfig.from_settings(settings))
     app = web.Application(
@@ -32,6 +38,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[site_middleware(proxy.public_prefix, render_not_found)],
     )
     app[PROXY_KEY] = proxy
+    app.on_response_prepare.append(_server_without_versions)
     mount_proxy(app, proxy)
     add_pages(app, settings)
     app.router.add_get("/healthz", _healthz)
