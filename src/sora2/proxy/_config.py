@@ -10,6 +10,21 @@ from sora2.settings import Settings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+DEFAULT_CORS_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-language",
+        "authorization",
+        "cache-control",
+        "content-language",
+        "content-type",
+        "idempotency-key",
+        "last-event-id",
+        "x-request-id",
+        "x-requested-with",
+    }
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
@@ -19,6 +34,8 @@ class ProxyConfig:
     """Origins besides the page's own that get CORS with credentials and may write."""
     trusted_proxies: tuple[Network, ...] = ()
     """Peers whose `X-Forwarded-*` headers are believed; everyone else's are replaced."""
+    cors_allowed_headers: frozenset[str] = DEFAULT_CORS_HEADERS
+    """Request headers an allowed origin's preflight may ask to send."""
     max_attempts: int = 3
     retry_delay: float = 0.1
     request_timeout: float = 30.0

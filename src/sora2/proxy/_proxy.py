@@ -115,7 +115,11 @@ class Proxy:
         self.config = config
         self.public_prefix = public_prefix.rstrip("/")
         self.metrics = metrics or ProxyMetrics()
-        self.cors = CorsPolicy(config.allowed_origins)
+        self.cors = CorsPolicy(
+            config.allowed_origins,
+            allowed_headers=config.cors_allowed_headers,
+            trusted_proxies=config.trusted_proxies,
+        )
         self.circuit = CircuitBreaker(
             failure_threshold=config.circuit_failure_threshold,
             open_time=config.circuit_open_time,
