@@ -44,7 +44,7 @@ def _check_decoded(path: str) -> None:
 
 def _is_dot_segment(segment: str) -> bool:
     """`.` or `..`, also with path parameters (`..;x`) or spelt with look-alike dots (full-width
-    `．．`, which some servers fold to ASCII after checking)."""
+    U+FF0E, which some servers fold to ASCII after checking)."""
     bare = segment.split(";", 1)[0]
     if not bare.isascii():
         bare = unicodedata.normalize("NFKC", bare)
