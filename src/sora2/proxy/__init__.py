@@ -8,7 +8,14 @@ the request path and fails fast while it is down; answers its own failures as ac
 """
 
 from sora2.proxy._circuit import CircuitBreaker, CircuitState
-from sora2.proxy._config import ProxyConfig
+from sora2.proxy._config import (
+    BreakerPolicy,
+    HealthPolicy,
+    PoolLimits,
+    ProxyConfig,
+    RetryPolicy,
+    Timeouts,
+)
 from sora2.proxy._errors import Failure, ProxyError
 from sora2.proxy._health import Health
 from sora2.proxy._metrics import ProxyMetrics
@@ -16,13 +23,18 @@ from sora2.proxy._mount import mount_proxy
 from sora2.proxy._proxy import Proxy
 
 __all__ = [
+    "BreakerPolicy",
     "CircuitBreaker",
     "CircuitState",
     "Failure",
     "Health",
+    "HealthPolicy",
+    "PoolLimits",
     "Proxy",
     "ProxyConfig",
     "ProxyError",
     "ProxyMetrics",
+    "RetryPolicy",
+    "Timeouts",
     "mount_proxy",
 ]

@@ -8,6 +8,7 @@ safe, all within one deadline → pass the backend's answer through, streamed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,6 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from sora2.logs import redact_query, request_id_var
 from sora2.proxy._circuit import CircuitBreaker, CircuitState
 from sora2.proxy._config import ProxyConfig
 from sora2.proxy._cors import CorsDecision, CorsPolicy
@@ -45,6 +45,7 @@ from sora2.proxy._health import Health, HealthMonitor
 from sora2.proxy._metrics import ProxyMetrics
 from sora2.proxy._paths import UnsafePath, checked_upstream_path
 from sora2.proxy._pool import ConnectionSlots
+from sora2.proxy._redact import redact_query
 from sora2.proxy._relay import RelayedBody, RelayedStream
 from sora2.proxy._retry import (
     RETRYABLE_STATUSES,
@@ -94,6 +95,10 @@ class _Exchange:
     waiting_for_slot: bool = False
     probe: bool = False
     """This request is the circuit's half-open probe."""
+    answered_at: float = 0.0
+    """When a streamed response's headers went out (perf_counter); 0 until then."""
+    truncated: bool = False
+    """The response body was cut off: the backend broke off or went silent mid-way."""
     waiting_for_start: ProxyError | None = None
     """The failure a request is holding on to while it waits for a starting backend."""
 
@@ -111,8 +116,12 @@ class Proxy:
         *,
         public_prefix: str = "/api/proxy",
         metrics: ProxyMetrics | None = None,
+        request_id_var: contextvars.ContextVar[str] | None = None,
     ) -> None:
+        """`request_id_var`, when given, holds each request's id while it is handled, so the
+        application's log lines (and its log format) can name it."""
         self.config = config
+        self._request_id_var = request_id_var
         self.public_prefix = public_prefix.rstrip("/")
         self.metrics = metrics or ProxyMetrics()
         self.cors = CorsPolicy(
@@ -121,12 +130,14 @@ class Proxy:
             trusted_proxies=config.trusted_proxies,
         )
         self.circuit = CircuitBreaker(
-            failure_threshold=config.circuit_failure_threshold,
-            open_time=config.circuit_open_time,
-            probe_timeout=max(config.connect_timeout, 1.0),
+            failure_threshold=config.breaker.failure_threshold,
+            open_time=config.breaker.open_time,
+            probe_timeout=config.breaker.probe_timeout,
             on_change=self._circuit_changed,
         )
-        self.budget = RetryBudget(ratio=config.retry_budget_ratio, minimum=config.retry_budget_min)
+        self.budget = RetryBudget(
+            ratio=config.retries.budget_ratio, minimum=config.retries.budget_min
+        )
         self._upstream_base = config.api_url + config.upstream_prefix
         self._session: aiohttp.ClientSession | None = None
         self._health_session: aiohttp.ClientSession | None = None
@@ -141,14 +152,14 @@ class Proxy:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._startup_ends = self._loop.time() + self.config.startup_grace
-        reuse = self.config.keepalive_timeout > 0
+        self._startup_ends = self._loop.time() + self.config.health.startup_grace
+        reuse = self.config.pool.keepalive > 0
         # Unbounded here: `ConnectionSlots` holds the limit, so that waiting for a connection is
         # never mistaken for the backend failing to accept one (see _pool.py).
-        self._slots = ConnectionSlots(self.config.pool_size, self._loop)
+        self._slots = ConnectionSlots(self.config.pool.size, self._loop)
         connector = aiohttp.TCPConnector(
             limit=0,
-            keepalive_timeout=self.config.keepalive_timeout if reuse else None,
+            keepalive_timeout=self.config.pool.keepalive if reuse else None,
             force_close=not reuse,
             ttl_dns_cache=60,
         )
@@ -165,8 +176,8 @@ class Proxy:
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 connect=None,
-                sock_connect=self.config.connect_timeout,
-                sock_read=self.config.idle_timeout,
+                sock_connect=self.config.timeouts.connect,
+                sock_read=self.config.timeouts.idle,
             ),
         )
         # aiohttp re-sends an idempotent request once, silently, when a connection breaks under
@@ -177,15 +188,15 @@ class Proxy:
         # Health checks have a connection of their own: however many streams hold the
         # forwarding connections, a check still reaches the backend at once.
         self._health_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1, keepalive_timeout=self.config.health_ttl),
+            connector=aiohttp.TCPConnector(limit=1, keepalive_timeout=self.config.health.ttl),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._health = HealthMonitor(
             session=self._health_session,
-            url=self.config.api_url + self.config.health_path,
-            ttl=self.config.health_ttl,
-            timeout=max(self.config.connect_timeout, 1.0),
+            url=self.config.api_url + self.config.health.path,
+            ttl=self.config.health.ttl,
+            timeout=max(self.config.timeouts.connect, 1.0),
             on_recovered=self.circuit.reset,
         )
         self._health.start()
@@ -234,7 +245,8 @@ class Proxy:
             started=started,
             deadline=0.0,  # set once the request body is in hand (see _exchange)
         )
-        token = request_id_var.set(exchange.request_id)
+        request_id_var = self._request_id_var
+        token = request_id_var.set(exchange.request_id) if request_id_var is not None else None
         self.budget.in_flight += 1
         status = 0
         try:
@@ -252,17 +264,28 @@ class Proxy:
             self.budget.in_flight -= 1
             if exchange.probe:  # claimed, then refused before it was sent (a body too large...)
                 self.circuit.release_probe()
-            duration = time.perf_counter() - started
-            self.metrics.count_request(status or 499, duration)
+            finished = time.perf_counter()
+            # The histogram is time to the response headers (as its help says); a stream that
+            # lasts an hour is one quick answer there, and its whole length is in the log line.
+            answered = exchange.answered_at or finished
+            self.metrics.count_request(status or 499, answered - started)
             logger.info(
-                "%s %s %s attempts=%d duration=%.1fms",
+                "%s %s %s%s attempts=%d duration=%.1fms",
                 exchange.method,
-                _loggable_path(request),
+                self._loggable_path(request),
                 status or "client-closed",
+                " truncated" if exchange.truncated else "",
                 exchange.attempts,
-                duration * 1000,
+                (finished - started) * 1000,
             )
-            request_id_var.reset(token)
+            if token is not None and request_id_var is not None:
+                request_id_var.reset(token)
+
+    def _loggable_path(self, request: web.Request) -> str:
+        path, _, query = request.raw_path.partition("?")
+        if not query:
+            return path
+        return f"{path}?{redact_query(query, self.config.loggable_query_names)}"
 
     def _error(self, error: ProxyError, exchange: _Exchange) -> web.Response:
         response = error_response(
@@ -271,9 +294,10 @@ class Proxy:
             api_url=self.config.api_url,
             attempts=exchange.attempts,
             duration=time.perf_counter() - exchange.started,
-            timeout_ms=round(self.config.request_timeout * 1000),
+            timeout_ms=round(self.config.timeouts.request * 1000),
             max_body=self.config.max_body_bytes,
-            development=self.config.development,
+            expose_internals=self.config.expose_internals,
+            suggestions=self.config.suggestions,
         )
         exchange.cors.apply(response.headers)
         return response
@@ -299,7 +323,7 @@ class Proxy:
             await _continue_if_expected(request)
         try:
             exchange.body = await read_request_body(
-                request, config.max_body_bytes, config.idle_timeout
+                request, config.max_body_bytes, config.timeouts.idle
             )
         except BodyTooLarge:
             raise ProxyError(Failure.TOO_LARGE) from None
@@ -307,7 +331,7 @@ class Proxy:
             raise self._body_timeout() from None
         # The deadline runs from here: a body in hand has been read; a streamed one moves it on
         # as it goes (see _watch_streamed_body), so a long, steady upload is not cut off by it.
-        exchange.deadline = self.loop.time() + config.request_timeout
+        exchange.deadline = self.loop.time() + config.timeouts.request
         headers = upstream_request_headers(
             request.headers,
             peer=request.remote,
@@ -331,7 +355,7 @@ class Proxy:
                 self.slots.give_back()
 
     def _body_timeout(self) -> ProxyError:
-        idle_ms = round(self.config.idle_timeout * 1000)
+        idle_ms = round(self.config.timeouts.idle * 1000)
         return ProxyError(Failure.BODY_TIMEOUT, "EBODYTIMEOUT", extra={"idleTimeout": idle_ms})
 
     def _count_request_bytes(self, body: RequestBody) -> None:
@@ -418,7 +442,7 @@ class Proxy:
                 Failure.SATURATED,
                 "EPOOLWAIT",
                 retry_after=1,
-                extra={"poolSize": self.config.pool_size},
+                extra={"poolSize": self.config.pool.size},
             )
         body = exchange.body
         if isinstance(body, StreamedBody) and body.awaiting_client:
@@ -465,10 +489,10 @@ class Proxy:
         config = self.config
 
         def progress() -> None:
-            deadline.move_to(loop.time() + config.idle_timeout)
+            deadline.move_to(loop.time() + config.timeouts.idle)
 
         def sent() -> None:
-            exchange.deadline = loop.time() + config.request_timeout
+            exchange.deadline = loop.time() + config.timeouts.request
             deadline.move_to(exchange.deadline)
 
         body.on_progress = progress
@@ -564,9 +588,11 @@ class Proxy:
             return None  # the deadline is spent
         if nothing_sent and exchange.idempotent and self._backend_may_be_starting():
             return _UNTIL_UP
-        if exchange.attempts >= self.config.max_attempts or not self._claim_retry_budget(exchange):
+        if exchange.attempts >= self.config.retries.max_attempts or not self._claim_retry_budget(
+            exchange
+        ):
             return None
-        return backoff_delay(exchange.attempts, self.config.retry_delay)
+        return backoff_delay(exchange.attempts, self.config.retries.delay)
 
     def _wait_after_status(
         self, upstream: aiohttp.ClientResponse, exchange: _Exchange
@@ -574,9 +600,9 @@ class Proxy:
         """Seconds to wait before retrying after a 502/503/504, or None: pass it through."""
         if not exchange.idempotent or isinstance(exchange.body, StreamedBody):
             return None
-        if exchange.attempts >= self.config.max_attempts:
+        if exchange.attempts >= self.config.retries.max_attempts:
             return None
-        delay = backoff_delay(exchange.attempts, self.config.retry_delay)
+        delay = backoff_delay(exchange.attempts, self.config.retries.delay)
         retry_after = parse_retry_after(upstream.headers.get("Retry-After"))
         return delay if retry_after is None else max(delay, retry_after)
 
@@ -647,14 +673,16 @@ class Proxy:
             )
         response = RelayedStream(status=status, reason=reason, headers=headers, raw_bytes=raw_bytes)
         await response.prepare(request)
+        exchange.answered_at = time.perf_counter()
         try:
             await stream_body(
-                response, upstream, self.metrics.add_bytes_out, self.config.idle_timeout
+                response, upstream, self.metrics.add_bytes_out, self.config.timeouts.idle
             )
         except StreamBroken as broken:
             # The headers are gone already: the only honest signal left is a broken connection.
             logger.warning("backend broke off the response body: %s", broken)
             self.metrics.truncated_responses += 1
+            exchange.truncated = True
             request.protocol.force_close()
             return response
         await response.write_eof()
@@ -692,8 +720,3 @@ def _is_reset(error: BaseException) -> bool:
     return isinstance(error, aiohttp.ServerDisconnectedError | ConnectionResetError) or (
         isinstance(error, aiohttp.ClientOSError) and error.errno in (104, 32)
     )
-
-
-def _loggable_path(request: web.Request) -> str:
-    path, _, query = request.raw_path.partition("?")
-    return f"{path}?{redact_query(query)}" if query else path

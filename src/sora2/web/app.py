@@ -6,9 +6,11 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sora2.proxy import Proxy, ProxyConfig, mount_proxy
+from sora2.logs import request_id_var
+from sora2.proxy import Proxy, mount_proxy
 from sora2.settings import Settings
 from sora2.web.pages import add_pages, render_not_found
+from sora2.web.proxy_setup import proxy_config
 from sora2.web.security import site_middleware
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
@@ -32,7 +34,7 @@ async def _server_without_versions(_: web.Request, response: web.StreamResponse)
 
 
 def create_app(settings: Settings) -> web.Application:
-    proxy = Proxy(ProxyConfig.from_settings(settings))
+    proxy = Proxy(proxy_config(settings), request_id_var=request_id_var)
     app = web.Application(
         client_max_size=settings.proxy_max_body_bytes + 1,
         middlewares=[site_middleware(proxy.public_prefix, render_not_found)],
