@@ -38,6 +38,7 @@ class ProxyMetrics:
         self.fail_fast = 0
         self.pool_timeouts = 0
         self.truncated_responses = 0
+        self.tunnels = 0
         self.circuit_state = CircuitState.CLOSED
         self.bytes_in = 0
         self.bytes_out = 0
@@ -94,6 +95,11 @@ class ProxyMetrics:
             "sora2_proxy_truncated_responses",
             "Responses cut off mid-body because the backend broke off or went silent",
             value=self.truncated_responses,
+        )
+        yield CounterMetricFamily(
+            "sora2_proxy_websocket_tunnels",
+            "WebSocket upgrades the backend accepted and the proxy tunnelled",
+            value=self.tunnels,
         )
         yield GaugeMetricFamily(
             "sora2_proxy_circuit_state",

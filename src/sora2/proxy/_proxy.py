@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from sora2.proxy._circuit import CircuitBreaker, CircuitState
@@ -53,6 +53,14 @@ from sora2.proxy._retry import (
     backoff_delay,
     is_idempotent,
     parse_retry_after,
+)
+from sora2.proxy._tunnel import (
+    ClientBytes,
+    handshake_head,
+    is_websocket_upgrade,
+    parse_response_head,
+    pipe,
+    read_response_head,
 )
 
 logger = logging.getLogger("sora2.proxy")
@@ -309,6 +317,8 @@ class Proxy:
             raise ProxyError(Failure.FORBIDDEN_ORIGIN)
         if exchange.cors.preflight:
             return exchange.cors.preflight_response(exchange.request_id)
+        if "Upgrade" in request.headers and is_websocket_upgrade(request.headers):
+            return await self._tunnel(request, url, exchange)
         exchange.idempotent = is_idempotent(exchange.method, "Idempotency-Key" in request.headers)
         config = self.config
         if "Transfer-Encoding" in request.headers:
@@ -353,6 +363,183 @@ class Proxy:
         finally:
             if exchange.holds_slot:
                 self.slots.give_back()
+
+    # -- WebSocket upgrades --------------------------------------------------------------
+
+    async def _tunnel(
+        self, request: web.Request, url: URL, exchange: _Exchange
+    ) -> web.StreamResponse:
+        """Forward the handshake; on 101, relay bytes both ways until one side closes or both
+        are silent for the idle timeout. It holds a pool connection for its whole life."""
+        if "Origin" in request.headers and exchange.cors.allowed_origin is None:
+            # Browsers apply no CORS to WebSockets: a foreign page could use the user's cookies.
+            raise ProxyError(Failure.FORBIDDEN_ORIGIN)
+        exchange.deadline = self.loop.time() + self.config.timeouts.request
+        self._fail_fast_if_down(exchange)
+        headers = upstream_request_headers(
+            request.headers,
+            peer=request.remote,
+            scheme=request.scheme,
+            host=request.host,
+            request_id=exchange.request_id,
+            trusted=self.config.trusted_proxies,
+            via=self.config.via,
+        )
+        try:
+            reader, writer, head = await self._handshake(url, headers, exchange)
+        except (ProxyError, asyncio.CancelledError):
+            if exchange.holds_slot:
+                exchange.holds_slot = False
+                self.slots.give_back()
+            raise
+        try:
+            return await self._relay_upgrade(request, exchange, reader, writer, head)
+        finally:
+            writer.close()
+            if exchange.holds_slot:
+                exchange.holds_slot = False
+                self.slots.give_back()
+
+    async def _handshake(
+        self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        exchange.attempts = 1
+        deadline = Deadline(self.loop, exchange.deadline)
+        try:
+            await self._take_slot(exchange)
+            try:
+                async with asyncio.timeout(self.config.timeouts.connect):
+                    reader, writer = await asyncio.open_connection(url.host, url.port)
+            except TimeoutError:
+                self._note_failure("connect_error")
+                raise ProxyError(Failure.TIMEOUT, "ECONNTIMEOUT", backend_failed=True) from None
+            except ConnectionRefusedError as error:
+                self._note_failure("refused")
+                raise ProxyError(
+                    Failure.REFUSED, "ECONNREFUSED", str(error), 1, backend_failed=True
+                ) from None
+            except OSError as error:
+                self._note_failure("connect_error")
+                raise ProxyError(
+                    Failure.BAD_GATEWAY, "ECONNECT", str(error), backend_failed=True
+                ) from None
+            writer.write(handshake_head("GET", url.raw_path_qs, url.raw_authority, headers))
+            try:
+                head = await read_response_head(reader)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
+                writer.close()
+                self._note_failure("reset")
+                raise ProxyError(
+                    Failure.BAD_GATEWAY, "ECONNRESET", type(error).__name__, backend_failed=True
+                ) from None
+        except asyncio.CancelledError:
+            if not deadline.expired:
+                self._settle(exchange, backend_failed=None)
+                raise
+            deadline.absorb()
+            raise self._time_is_up(exchange) from None
+        except ProxyError as error:
+            self._settle(exchange, backend_failed=error.backend_failed)
+            raise
+        finally:
+            deadline.disarm()
+        self.metrics.count_attempt("response")
+        self.health.note_response()
+        self._settle(exchange, backend_failed=False)
+        return reader, writer, head
+
+    async def _relay_upgrade(
+        self,
+        request: web.Request,
+        exchange: _Exchange,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: bytes,
+    ) -> web.StreamResponse:
+        try:
+            status, reason, upstream_headers = parse_response_head(head)
+        except ValueError as error:
+            raise ProxyError(Failure.BAD_GATEWAY, "EBADRESPONSE", str(error)) from None
+        headers, raw_bytes = downstream_response_headers(
+            CIMultiDictProxy(upstream_headers),
+            request_id=exchange.request_id,
+            via=self.config.via,
+            api_url=self.config.api_url,
+            upstream_prefix=self.config.upstream_prefix,
+            public_prefix=self.public_prefix,
+        )
+        exchange.cors.apply(headers)
+        if status != 101:
+            # The backend declined the upgrade: its answer passes through as any answer would.
+            length = upstream_headers.get("Content-Length", "0")
+            size = int(length) if length.isascii() and length.isdigit() else 0
+            body = await reader.readexactly(min(size, BUFFERED_RESPONSE_BYTES))
+            headers.popall("Content-Length", None)
+            request.protocol.force_close()
+            return RelayedBody(
+                status=status, reason=reason, headers=headers, body=body, raw_bytes=raw_bytes
+            )
+        headers["Connection"] = "Upgrade"
+        headers["Upgrade"] = "websocket"
+        response = RelayedStream(
+            status=101, reason=reason or "Switching Protocols", headers=headers, raw_bytes=False
+        )
+        await response.prepare(request)
+        exchange.answered_at = time.perf_counter()
+        self.metrics.tunnels += 1
+        await self._pipe_until_quiet(request, reader, writer)
+        request.protocol.force_close()
+        return response
+
+    async def _pipe_until_quiet(
+        self, request: web.Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        transport = request.transport
+        assert transport is not None
+        client = ClientBytes(transport)
+        request.protocol.set_parser(client)  # type: ignore[arg-type]
+        loop = self.loop
+        idle = self.config.timeouts.idle
+        quiet = Deadline(loop, loop.time() + idle)
+        metrics = self.metrics
+
+        def upstream_bytes(count: int) -> None:
+            metrics.bytes_in += count
+            quiet.move_to(loop.time() + idle)
+
+        def downstream_bytes(count: int) -> None:
+            metrics.bytes_out += count
+            quiet.move_to(loop.time() + idle)
+
+        async def to_backend(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+
+        async def to_client(data: bytes) -> None:
+            transport.write(data)
+            await request.writer.drain()
+
+        async def from_backend() -> bytes:
+            return await reader.read(65536)
+
+        try:
+            # Whichever side closes first ends the tunnel; the other direction is cancelled.
+            sides = [
+                loop.create_task(pipe(client.read, to_backend, upstream_bytes)),
+                loop.create_task(pipe(from_backend, to_client, downstream_bytes)),
+            ]
+            try:
+                await asyncio.wait(sides, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for side in sides:
+                    side.cancel()
+                await asyncio.gather(*sides, return_exceptions=True)
+        except asyncio.CancelledError:
+            if not quiet.expired:
+                raise
+            quiet.absorb()  # both sides silent for the idle timeout
+        finally:
+            quiet.disarm()
 
     def _body_timeout(self) -> ProxyError:
         idle_ms = round(self.config.timeouts.idle * 1000)
