@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     proxy_pool_size: int = Field(
         8_192, ge=1, le=1_000_000, validation_alias=_aliases("PROXY_POOL_SIZE")
     )
+    # Set by `sora2 dev` for the web it starts: a file that exists while the launcher restarts
+    # the api on purpose (devstack/restart_signal.py). Not for hand configuration.
+    api_restart_signal: Path | None = Field(
+        None, validation_alias=_aliases("SORA2_API_RESTART_SIGNAL")
+    )
     proxy_trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_aliases("PROXY_TRUSTED_PROXIES")
     )

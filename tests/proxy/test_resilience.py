@@ -384,3 +384,42 @@ async def test_the_duration_histogram_measures_up_to_the_response_headers(
     histogram = proxy.proxy.metrics
     assert histogram._duration_sum < 0.25  # the answer was quick; the watching was not
     assert any("GET /api/proxy/sse 200" in line for line in caplog.messages)
+
+
+async def test_requests_wait_for_a_backend_restarted_on_purpose_but_fail_fast_in_an_outage(
+    backend_state: BackendState, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    port = free_port()
+    backend = await start_app(create_backend(backend_state), port)
+    restarting: list[float] = []  # what the launcher's signal says: seconds left, if any
+    proxy = await make_proxy(
+        backend.url, restart_signal=lambda: restarting[0] if restarting else 0.0
+    )
+    async with client.get(proxy.url + "/echo/up") as response:
+        assert response.status == 200
+    await eventually(lambda: proxy.proxy.health.ever_up)
+
+    restarting.append(10.0)
+    await backend.stop()
+    pending = [
+        asyncio.ensure_future(client.get(proxy.url + "/echo/during")),
+        asyncio.ensure_future(client.post(proxy.url + "/echo/during", json={"n": 1})),
+    ]
+    await eventually(lambda: proxy.proxy.metrics.attempts["refused"] >= 2)
+    assert not any(request.done() for request in pending)  # held, not failed
+    backend = await start_app(create_backend(backend_state), port)
+    restarting.clear()
+    try:
+        for request in pending:
+            response = await asyncio.wait_for(request, 5)
+            assert response.status == 200, await response.text()
+            response.release()
+        assert backend_state.count("/api/echo/during") == 2  # each sent once, after the restart
+    finally:
+        await backend.stop()
+
+    # No restart announced: a refused connection is an outage, and fails fast.
+    started = time.monotonic()
+    async with client.get(proxy.url + "/echo/outage") as response:
+        assert response.status == 503
+    assert time.monotonic() - started < 1.0

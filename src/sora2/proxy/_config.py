@@ -5,7 +5,7 @@ settings. Nothing here reads the environment."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -134,6 +134,11 @@ class ProxyConfig:
     """The application's own advice per failure (which command starts the backend, which log
     to read); failures it leaves out get neutral defaults."""
     loggable_query_names: frozenset[str] = DEFAULT_LOGGABLE_QUERY_NAMES
+    restart_signal: Callable[[], float] | None = None
+    """Seconds for which the backend is known to be restarting on purpose (0 or less: it is
+    not), asked only when it refuses a connection. While it is, requests wait for the new
+    process (within their deadline) instead of failing, and fail-fast is held off; otherwise a
+    refused connection is an outage and fails fast."""
     via: str = "1.1 sora2"
 
     @property

@@ -572,7 +572,7 @@ class Proxy:
     def _fail_fast_if_down(self, exchange: _Exchange) -> None:
         """503 at once when the backend is known down, instead of piling requests onto it."""
         health = self.health
-        if health.verdict is Health.DOWN and health.ever_up:
+        if health.verdict is Health.DOWN and health.ever_up and self._restart_window() <= 0:
             self.metrics.fail_fast += 1
             raise ProxyError(
                 Failure.UNAVAILABLE, "HEALTH_CHECK_FAILED", health.last_error, retry_after=1
@@ -645,8 +645,9 @@ class Proxy:
         not be reached, reset, stayed silent), or nothing (None: the client left or stalled,
         the proxy was congested, the response was one no retry would fix)."""
         circuit = self.circuit
-        if backend_failed is None or (backend_failed and not self.health.ever_up):
-            # Failures before the backend was ever up are its start-up, not an outage.
+        if backend_failed and (not self.health.ever_up or self._restart_window() > 0):
+            backend_failed = None  # its start-up, or a restart on purpose: not an outage
+        if backend_failed is None:
             if exchange.probe:
                 circuit.release_probe()
         elif backend_failed:
@@ -762,7 +763,10 @@ class Proxy:
         """An attempt could not reach the backend: counted, and the health monitor checks now.
         The breaker hears of it once the whole request is settled."""
         self.metrics.count_attempt(outcome)
-        self.health.note_failure()
+        if outcome == "refused":
+            self.health.note_refused()
+        else:
+            self.health.note_failure()
 
     def _wait_after_failure(self, error: ProxyError, exchange: _Exchange) -> float | None:
         """Seconds to wait before retrying after a transport failure, or None: do not retry."""
@@ -773,8 +777,10 @@ class Proxy:
             return None
         if error.failure is Failure.TIMEOUT and not nothing_sent:
             return None  # the deadline is spent
-        if nothing_sent and exchange.idempotent and self._backend_may_be_starting():
-            return _UNTIL_UP
+        if nothing_sent and (
+            self._restart_window() > 0 or (exchange.idempotent and self._backend_may_be_starting())
+        ):
+            return _UNTIL_UP  # nothing was sent, so any method may wait and go again
         if exchange.attempts >= self.config.retries.max_attempts or not self._claim_retry_budget(
             exchange
         ):
@@ -792,6 +798,12 @@ class Proxy:
         delay = backoff_delay(exchange.attempts, self.config.retries.delay)
         retry_after = parse_retry_after(upstream.headers.get("Retry-After"))
         return delay if retry_after is None else max(delay, retry_after)
+
+    def _restart_window(self) -> float:
+        """Seconds the backend is still expected to be restarting on purpose (0: it is not),
+        as the application's `restart_signal` says. Asked only on failure paths."""
+        signal = self.config.restart_signal
+        return signal() if signal is not None else 0.0
 
     def _backend_may_be_starting(self) -> bool:
         """Never seen up, and the proxy itself only just started (as under `sora2 dev`)."""
@@ -815,7 +827,8 @@ class Proxy:
         remaining = exchange.deadline - loop.time()
         if wait == _UNTIL_UP:
             exchange.waiting_for_start = error
-            up = await self.health.wait_until_up(min(remaining, self._startup_ends - loop.time()))
+            expected = max(self._startup_ends - loop.time(), self._restart_window())
+            up = await self.health.wait_until_up(min(remaining, expected))
             exchange.waiting_for_start = None
             return up
         if wait >= remaining:

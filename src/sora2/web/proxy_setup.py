@@ -4,6 +4,9 @@ nothing of this application) meets the app's settings, its commands and its log 
 from __future__ import annotations
 
 import ipaddress
+import time
+from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from sora2.proxy import (
@@ -53,7 +56,26 @@ def proxy_config(settings: Settings) -> ProxyConfig:
             if settings.is_development
             else operator_suggestions(settings)
         ),
+        restart_signal=(
+            None
+            if settings.api_restart_signal is None
+            else restart_window(settings.api_restart_signal)
+        ),
     )
+
+
+def restart_window(path: Path) -> Callable[[], float]:
+    """Seconds the api is still expected to be restarting, as `sora2 dev` writes it: the file
+    holds the epoch time the restart should be over by, and exists only while one is under way."""
+
+    def seconds_left() -> float:
+        try:
+            until = float(path.read_text())
+        except (OSError, ValueError):
+            return 0.0
+        return until - time.time()
+
+    return seconds_left
 
 
 def operator_suggestions(settings: Settings) -> dict[Failure, str]:
