@@ -128,9 +128,12 @@ def _forwarded_node(address: str) -> str:
     return f'"[{address}]"' if ":" in address else address or "unknown"
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9.\-_~!$&'*+^`|]+")
+
+
 def _forwarded_host(host: str) -> str:
     """A quoted-string when the host is not a plain token (a port's ':' is not one)."""
-    return f'"{host}"' if not re.fullmatch(r"[A-Za-z0-9.\-_~!$&'*+^`|]+", host) else host
+    return host if _TOKEN.fullmatch(host) else '"' + host + '"'
 
 
 def upstream_request_headers(
