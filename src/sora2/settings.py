@@ -95,6 +95,14 @@ class Settings(BaseSettings):
     proxy_retry_budget_ratio: float = Field(
         0.2, ge=0.0, le=1.0, validation_alias=_aliases("PROXY_RETRY_BUDGET_RATIO")
     )
+    proxy_pool_size: int = Field(
+        8_192, ge=1, le=1_000_000, validation_alias=_aliases("PROXY_POOL_SIZE")
+    )
+    # Set by `sora2 dev` for the web it starts: a file that exists while the launcher restarts
+    # the api on purpose (devstack/restart_signal.py). Not for hand configuration.
+    api_restart_signal: Path | None = Field(
+        None, validation_alias=_aliases("SORA2_API_RESTART_SIGNAL")
+    )
     proxy_trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_aliases("PROXY_TRUSTED_PROXIES")
     )
@@ -182,6 +190,12 @@ class Settings(BaseSettings):
         """`API_URL` reduced to scheme://host[:port]: the only place the proxy may reach."""
         parts = urlsplit(self.api_url)
         return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def web_open_files_needed(self) -> int:
+        """Open files the web needs at full load: two per proxied connection (the client's and
+        the backend's), plus room for its own files, listeners and health checks."""
+        return 2 * self.proxy_pool_size + 256
 
     @property
     def frontend_origin(self) -> str:

@@ -14,6 +14,7 @@ import importlib.util
 import ipaddress
 import json
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def diagnose() -> list[Finding]:
     findings.extend(check_database(settings, settings_valid=settings_valid))
     findings.extend(check_folders(settings))
     findings.extend(check_storage(settings, settings_valid=settings_valid))
+    findings.append(check_open_files(settings))
     findings.extend(check_provider(settings, settings_valid=settings_valid))
     return findings
 
@@ -522,6 +524,36 @@ def _database_description(settings: Settings) -> str:
         return f"SQLite {parts.path}"
     name = parts.path.lstrip("/") or "(default)"
     return f"{parts.scheme.split('+')[0]} at {parts.hostname}:{parts.port or 5432}/{name}"
+
+
+# --- open files ------------------------------------------------------------------------------
+
+
+def check_open_files(settings: Settings, limits: tuple[int, int] | None = None) -> Finding:
+    """The web raises its open-file soft limit to the hard limit at start, so the hard limit is
+    what bounds how many viewers it can hold: two files per proxied connection."""
+    soft, hard = limits or resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = settings.web_open_files_needed
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        return Finding(
+            "open files",
+            "ok",
+            f"limit {soft} (hard {_limit_text(hard)}); the web raises it to the hard limit, "
+            f"enough for PROXY_POOL_SIZE={settings.proxy_pool_size} ({needed} files)",
+        )
+    return Finding(
+        "open files",
+        "warn",
+        f"hard open-file limit {hard} is below the {needed} files the web needs for "
+        f"PROXY_POOL_SIZE={settings.proxy_pool_size} connections: beyond about "
+        f"{max(0, (hard - 256) // 2)} open streams, new connections fail",
+        f"raise the hard limit (ulimit -Hn {needed} in the shell that starts it, or "
+        f"LimitNOFILE={needed} in a systemd unit), or lower PROXY_POOL_SIZE",
+    )
+
+
+def _limit_text(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
 
 
 # --- folders and provider ----------------------------------------------------------------------
