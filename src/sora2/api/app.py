@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from sora2 import __version__
 from sora2.api.admin.routes import router as admin_router
+from sora2.api.auth.reset_routes import router as password_reset_router
 from sora2.api.auth.routes import router as auth_router
 from sora2.api.context import ApiContext
 from sora2.api.credits.routes import router as credits_router
@@ -41,6 +42,7 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
         await prepare_schema(context.database, apply=not settings.is_production)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(context.database.dispose)
+            stack.push_async_callback(context.mailer.drain)
             context.provider = provider or _provider_for_health(settings)
             if provider is None and context.provider is not None:
                 stack.push_async_callback(context.provider.close)
@@ -75,6 +77,7 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
     for router in (
         health_router,
         auth_router,
+        password_reset_router,
         users_router,
         credits_router,
         videos_router,

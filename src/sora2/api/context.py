@@ -9,6 +9,7 @@ from sora2.api.auth.ratelimit import RateLimiter
 from sora2.api.auth.security import AccessTokens, Passwords
 from sora2.api.db import Database
 from sora2.api.events import VideoEvents
+from sora2.api.mail import Mailer
 from sora2.api.metrics import ApiMetrics
 from sora2.api.providers.base import VideoProvider
 from sora2.api.storage import LocalStorage, Storage
@@ -24,6 +25,7 @@ class ApiContext:
     limiter: RateLimiter
     client_address: ClientAddress
     storage: Storage
+    mailer: Mailer
     events: VideoEvents = field(default_factory=VideoEvents)
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
     provider: VideoProvider | None = None
@@ -41,6 +43,7 @@ class ApiContext:
             limiter=RateLimiter(window_seconds=settings.rate_limit_window_seconds),
             client_address=ClientAddress(settings.proxy_trusted_proxies),
             storage=media_storage(settings),
+            mailer=Mailer.from_settings(settings),
         )
 
 

@@ -54,6 +54,8 @@ PAGES: dict[str, Page] = {
     "/": Page("landing.html", "Text to video", "landing"),
     "/login": Page("login.html", "Sign in", "login"),
     "/register": Page("register.html", "Create your account", "register"),
+    "/forgot-password": Page("forgot_password.html", "Forgot your password", "forgot-password"),
+    "/reset-password": Page("reset_password.html", "Choose a new password", "reset-password"),
     "/generate": Page("generate.html", "Generate a video", "generate", signed_in_only=True),
     "/gallery": Page("gallery.html", "Your videos", "gallery", signed_in_only=True),
     "/profile": Page("profile.html", "Your profile", "profile", signed_in_only=True),
