@@ -127,3 +127,75 @@ def test_a_forgotten_password_is_reset_through_the_mailed_link(
     tab.get_by_label("Repeat the new password").fill("third-secret-9")
     tab.get_by_role("button", name="Change password").click()
     expect(tab.locator("[data-form-status]")).to_contain_text("invalid, expired or already used")
+
+
+def status_of(page: Page, url: str) -> int:
+    answer = page.goto(url)
+    assert answer is not None
+    return answer.status
+
+
+def make_video(tab: Page, prompt: str) -> str:
+    """A finished 4 s video of a new user (the local renderer); its id."""
+    register(tab, email=unique_email("sharer"), nickname="Sharer")
+    tab.get_by_label("Prompt").fill(prompt)
+    tab.get_by_role("button", name="Generate").click()
+    tab.wait_for_url(re.compile(r"/videos/[A-Za-z0-9_-]+$"))
+    expect(tab.locator("[data-video-status]")).to_have_text("Ready", timeout=90_000)
+    return tab.url.rsplit("/", 1)[1]
+
+
+def test_a_video_is_shared_watched_by_anyone_and_revoked(
+    tab: Page, site: BrowserContext, browser: Browser, operator_stack: Stack
+) -> None:
+    prompt = 'A paper boat on a rain gutter <b>"bold"</b>'
+    make_video(tab, prompt)
+    site.grant_permissions(["clipboard-read", "clipboard-write"])
+    panel = tab.locator("[data-share]")
+    expect(panel).to_contain_text("Not shared")
+    panel.get_by_role("button", name="Create a share link").click()
+    link = tab.get_by_label("Your new link (shown only now: copy it)")
+    expect(link).to_have_value(re.compile(r"/s/[A-Za-z0-9_-]{40,}$"))
+    url = link.input_value()
+    panel.get_by_role("button", name="Copy").click()
+    expect(panel.locator("[data-share-copied]")).to_have_text("Copied.")
+    assert tab.evaluate("navigator.clipboard.readText()") == url
+    screenshot(tab, "video-shared")
+    # Reloaded, the page says "shared" and no longer has the link.
+    tab.reload()
+    expect(panel).to_contain_text("Shared: anyone with the link")
+    expect(link).to_be_hidden()
+
+    stranger = browser.new_context(base_url=operator_stack.url)
+    try:
+        visitor = stranger.new_page()
+        assert status_of(visitor, url) == 200
+        expect(visitor.get_by_role("heading", level=1)).to_have_text(prompt)
+        expect(visitor.locator(".shared-meta")).to_have_text("sora-2 · 4 s · 1280x720")
+        meta = visitor.locator('meta[property="og:video"]')
+        token = url.rsplit("/", 1)[1]
+        assert (
+            meta.get_attribute("content")
+            == f"{operator_stack.url}/api/proxy/shared/{token}/content"
+        )
+        og_image = visitor.locator('meta[property="og:image"]').get_attribute("content")
+        assert og_image == f"{operator_stack.url}/api/proxy/shared/{token}/thumbnail"
+        assert visitor.locator('meta[name="twitter:card"]').get_attribute("content")
+        # It plays: the browser fetched the file (with Range) and knows its length.
+        visitor.wait_for_function(
+            "(v => v.readyState >= 1 && v.duration > 3)(document.querySelector('video'))"
+        )
+        assert "sharer" not in visitor.content()  # no account data
+        screenshot(visitor, "shared-video")
+
+        # "New link" ends the old one.
+        panel.get_by_role("button", name="New link").click()
+        expect(link).to_have_value(re.compile(r"/s/"))
+        assert link.input_value() != url
+        assert status_of(visitor, url) == 404
+        newer = link.input_value()
+        panel.get_by_role("button", name="Revoke").click()
+        expect(panel).to_contain_text("Not shared")
+        assert status_of(visitor, newer) == 404
+    finally:
+        stranger.close()

@@ -27,6 +27,8 @@ from sora2.api.errors import install_error_handlers
 from sora2.api.health.routes import router as health_router
 from sora2.api.middleware import RequestContextMiddleware
 from sora2.api.providers.base import VideoProvider
+from sora2.api.shares.routes import owner_router as share_owner_router
+from sora2.api.shares.routes import public_router as shared_router
 from sora2.api.users.routes import router as users_router
 from sora2.api.videos.routes import router as videos_router
 from sora2.settings import Settings
@@ -81,6 +83,8 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
         users_router,
         credits_router,
         videos_router,
+        share_owner_router,
+        shared_router,
         admin_router,
     ):
         app.include_router(router)

@@ -10,6 +10,7 @@ from sora2.proxy import Proxy, ProxyConfig, mount_proxy
 from sora2.settings import Settings
 from sora2.web.pages import add_pages, render_not_found
 from sora2.web.security import site_middleware
+from sora2.web.share_page import add_share_page
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
 
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> web.Application:
     app[PROXY_KEY] = proxy
     mount_proxy(app, proxy)
     add_pages(app, settings)
+    add_share_page(app, settings)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     return app
