@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import unquote
 
 import pytest
@@ -39,6 +40,9 @@ def operator_stack(tmp_path_factory: pytest.TempPathFactory, mail: SmtpServer) -
         tmp_path_factory.mktemp("operator-stack"),
         SMTP_URL=mail.url,
         MAIL_FROM="Sora2 <reset@example.com>",
+        # Videos stay queued until a test runs a worker (`worker_process`): the admin console
+        # needs some to cancel, and a fault to fail one.
+        API_EMBEDDED_WORKER="false",
         WORKER_PROVIDER_POLL_MS="100",
     )
     yield running
@@ -129,27 +133,58 @@ def test_a_forgotten_password_is_reset_through_the_mailed_link(
     expect(tab.locator("[data-form-status]")).to_contain_text("invalid, expired or already used")
 
 
+@contextmanager
+def worker_process(stack: Stack, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`sora2 serve worker` on the stack's database, stopped (SIGTERM) at the end."""
+    with (stack.api.workdir / "worker.out").open("ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sora2", "serve", "worker"],
+            env=stack.api.env | env,
+            cwd=stack.api.workdir,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def generate(tab: Page, prompt: str) -> str:
+    """Submit the generate form (4 s, the defaults); the new video's id."""
+    tab.goto("/generate")
+    tab.get_by_label("Prompt").fill(prompt)
+    tab.get_by_role("button", name="Generate").click()
+    tab.wait_for_url(re.compile(r"/videos/[A-Za-z0-9_-]+$"))
+    return tab.url.rsplit("/", 1)[1]
+
+
 def status_of(page: Page, url: str) -> int:
     answer = page.goto(url)
     assert answer is not None
     return answer.status
 
 
-def make_video(tab: Page, prompt: str) -> str:
+def make_video(tab: Page, stack: Stack, prompt: str) -> str:
     """A finished 4 s video of a new user (the local renderer); its id."""
     register(tab, email=unique_email("sharer"), nickname="Sharer")
-    tab.get_by_label("Prompt").fill(prompt)
-    tab.get_by_role("button", name="Generate").click()
-    tab.wait_for_url(re.compile(r"/videos/[A-Za-z0-9_-]+$"))
-    expect(tab.locator("[data-video-status]")).to_have_text("Ready", timeout=90_000)
-    return tab.url.rsplit("/", 1)[1]
+    video_id = generate(tab, prompt)
+    with worker_process(stack):
+        expect(tab.locator("[data-video-status]")).to_have_text("Ready", timeout=90_000)
+    return video_id
 
 
 def test_a_video_is_shared_watched_by_anyone_and_revoked(
     tab: Page, site: BrowserContext, browser: Browser, operator_stack: Stack
 ) -> None:
     prompt = 'A paper boat on a rain gutter <b>"bold"</b>'
-    make_video(tab, prompt)
+    make_video(tab, operator_stack, prompt)
     site.grant_permissions(["clipboard-read", "clipboard-write"])
     panel = tab.locator("[data-share]")
     expect(panel).to_contain_text("Not shared")
@@ -199,3 +234,141 @@ def test_a_video_is_shared_watched_by_anyone_and_revoked(
         assert status_of(visitor, newer) == 404
     finally:
         stranger.close()
+
+
+def admin_tab(browser: Browser, stack: Stack) -> tuple[BrowserContext, Page, str]:
+    """A new account made admin by `sora2 user set-role` at the stack's shell, signed in."""
+    context = browser.new_context(base_url=stack.url, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(EXPECT_TIMEOUT_MS)
+    page = context.new_page()
+    email = unique_email("admin")
+    register(page, email=email, nickname="Operator")
+    sora2_command(stack, "user", "set-role", email, "admin", "--reason", "on call")
+    return context, page, email
+
+
+def open_view(page: Page, path: str) -> None:
+    page.goto(path)
+    expect(page.locator("[data-admin-body]")).to_be_visible()
+
+
+def confirm(page: Page, *, reason: str, amount: str | None = None) -> None:
+    dialog = page.locator("[data-admin-dialog]")
+    if amount is not None:
+        dialog.get_by_label("Credits to add").fill(amount)
+    dialog.get_by_label("Reason").fill(reason)
+    dialog.locator("[data-dialog-ok]").click()
+
+
+def test_the_admin_console_runs_the_service(
+    tab: Page, browser: Browser, operator_stack: Stack
+) -> None:
+    victim = unique_email("customer")
+    register(tab, email=victim, nickname="Customer")
+    generate(tab, "A lighthouse in a storm, admin test one")
+    generate(tab, "A lighthouse in a storm, admin test two")
+    tab.goto("/admin")
+    expect(tab.locator("[data-admin-status]")).to_contain_text("for administrators")
+    expect(tab.get_by_role("link", name="Admin")).to_be_hidden()
+
+    context, admin, _ = admin_tab(browser, operator_stack)
+    try:
+        open_view(admin, "/admin")
+        expect(admin.get_by_role("link", name="Admin", exact=True).first).to_be_visible()
+        expect(admin.locator("[data-figures]")).to_contain_text("in the works")
+        bars = admin.locator('[data-chart="videos"] svg rect[data-series="queued"]')
+        expect(bars.last).to_have_attribute("data-value", re.compile(r"^[1-9]"))
+        expect(admin.locator('[data-chart="credits"] svg')).to_be_visible()
+        expect(admin.locator('[data-chart="queueWait"] svg')).to_be_visible()
+        screenshot(admin, "admin-dashboard")
+
+        # Users: search, a credit adjustment (the reason is required), ban and unban.
+        open_view(admin, "/admin/users")
+        admin.get_by_label("Search").fill(victim)
+        admin.get_by_role("button", name="Apply").click()
+        user_row = admin.locator("tbody tr", has_text=victim)
+        expect(user_row).to_contain_text("92")  # 100 less two 4 s videos
+        user_row.get_by_role("button", name="Credits…").click()
+        confirm(admin, reason="", amount="15")
+        expect(admin.locator("[data-admin-dialog] [data-error-for=reason]")).to_be_visible()
+        confirm(admin, reason="Sorry for the wait", amount="15")
+        expect(admin.locator("[data-admin-notice]")).to_have_text(f"{victim} now has 107 credits.")
+        user_row.get_by_role("button", name="Ban…").click()
+        confirm(admin, reason="testing the ban")
+        expect(user_row).to_contain_text("banned")
+        tab.goto("/gallery")
+        tab.wait_for_url("**/login?next=*")  # the ban ended the customer's session
+        user_row.get_by_role("button", name="Unban…").click()
+        confirm(admin, reason="")
+        expect(user_row).to_contain_text("active")
+        screenshot(admin, "admin-users")
+
+        # Videos: filters, and a cancel that refunds the owner.
+        open_view(admin, "/admin/videos")
+        admin.get_by_label("Status").select_option("queued")
+        admin.get_by_label("User").fill(victim)
+        admin.get_by_role("button", name="Apply").click()
+        rows = admin.locator("tbody tr")
+        expect(rows).to_have_count(2)
+        rows.filter(has_text="admin test one").get_by_role("button", name="Cancel…").click()
+        confirm(admin, reason="stuck in the queue")
+        expect(admin.locator("[data-admin-notice]")).to_contain_text(f"refunded to {victim}")
+        expect(rows).to_have_count(1)
+
+        # Jobs: a real fault fails the other video (its render folder cannot be made), then an
+        # admin retries it and it completes.
+        renders = operator_stack.api.workdir / "data" / "local-provider"
+        moved = renders.with_name("local-provider.aside")
+        if renders.exists():
+            renders.rename(moved)
+        renders.write_text("not a folder")
+        with worker_process(operator_stack, JOB_MAX_ATTEMPTS="1"):
+            open_view(admin, "/admin/jobs")
+            failed = admin.locator("tbody tr", has_text=victim)
+            for _ in range(100):
+                if failed.count():
+                    break
+                admin.wait_for_timeout(200)
+                admin.get_by_role("button", name="Apply").click()
+            expect(failed).to_contain_text("Cannot write the render job")
+        renders.unlink()
+        if moved.exists():
+            moved.rename(renders)
+        failed.get_by_role("button", name="Retry…").click()
+        confirm(admin, reason="storage fixed")
+        expect(admin.locator("[data-admin-notice]")).to_contain_text("is queued again")
+        with worker_process(operator_stack):
+            admin.get_by_label("Status").select_option("done")
+            done = admin.locator("tbody tr", has_text=victim)
+            for _ in range(300):
+                admin.get_by_role("button", name="Apply").click()
+                if done.count() == 2:
+                    break
+                admin.wait_for_timeout(200)
+            expect(done).to_have_count(2)
+        screenshot(admin, "admin-jobs")
+
+        # The audit log has every change, the command line's included.
+        open_view(admin, "/admin/audit")
+        log = admin.locator("[data-table]")
+        for action in (
+            "user.role",
+            "user.credits",
+            "user.ban",
+            "user.unban",
+            "video.cancel",
+            "job.retry",
+        ):
+            expect(log).to_contain_text(action)
+        expect(log).to_contain_text("cli:")
+        expect(log).to_contain_text("Sorry for the wait")
+
+        open_view(admin, "/admin/keys")
+        expect(admin.locator("[data-provider]")).to_contain_text("local")
+        open_view(admin, "/admin/config")
+        config = admin.locator("[data-config]")
+        expect(config.locator("tr", has_text="JWT_SECRET")).to_contain_text("••••")
+        assert operator_stack.api.env["JWT_SECRET"] not in admin.content()
+        screenshot(admin, "admin-config")
+    finally:
+        context.close()
