@@ -60,4 +60,21 @@ async def test_user_commands_change_accounts_and_are_audited_as_the_cli(
         ("user.credits", "support", None),
     ]
     assert all(e["actor"].startswith("cli:") for e in page["items"])
+
+
+async def test_creating_an_account_at_the_shell_is_audited(
+    api: RunningApi, settings: Settings
+) -> None:
+    admin_token, _ = await register_admin(api)
+    made = sora2(
+        "user", "create", "--email", "second-admin@example.com", "--nickname", "Second", "--admin",
+        env=env_for(settings), stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    _, page, _ = await api.request(
+        "GET", "/api/admin/audit", token=admin_token, params={"action": "user.create"}
+    )
+    [entry] = page["items"]
+    assert entry["actor"].startswith("cli:")
+    assert entry["after"] == {"email": "second-admin@example.com", "role": "admin", "credits": 100}
     assert all(e["requestId"].startswith("cli-") for e in page["items"])

@@ -155,6 +155,7 @@ def _db_check(args: argparse.Namespace) -> int:
 def _user_create(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from sora2.api.audit.service import Actor, record
     from sora2.api.auth.schemas import RegisterIn
     from sora2.api.auth.security import Passwords
     from sora2.api.auth.service import create_user
@@ -186,6 +187,14 @@ def _user_create(args: argparse.Namespace) -> int:
                     nickname=body.nickname,
                     signup_credits=settings.signup_credits,
                     role="admin" if args.admin else "user",
+                )
+                record(
+                    session,
+                    actor=Actor.command_line(),
+                    action="user.create",
+                    target_type="user",
+                    target_id=user.id,
+                    after={"email": user.email, "role": user.role, "credits": user.credits},
                 )
                 await session.commit()
                 return user.id
