@@ -1,4 +1,5 @@
-"""The api's commands: `sora2 db upgrade|check`, `sora2 user create`, and the worker process."""
+"""The api's commands: `sora2 db upgrade|check`, the worker process, and `sora2 user create|list|
+set-role|ban|unban|credits add` (their work is in `sora2.api.users.commands`)."""
 
 from __future__ import annotations
 
