@@ -39,26 +39,35 @@ def mask_url(value: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def _shown(name: str, value: Any) -> Any:
+def _shown(name: str, value: Any, *, secret: bool) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, list):
-        return [_shown(name, item) for item in value]
+        return [_shown(name, item, secret=secret) for item in value]
     if isinstance(value, dict):
-        return {key: _shown(name, item) for key, item in value.items()}
+        return {key: _shown(name, item, secret=secret) for key, item in value.items()}
     text = str(value)
-    if _SECRET_NAME.search(name):
-        return mask_key(text) if name == "openai_api_keys" else mask_secret(text)
-    return mask_url(text)
+    if name == "openai_api_keys":
+        return mask_key(text)
+    if _is_url(text):
+        # A URL may carry a password, and a token in its query: both go.
+        return mask_url(text.split("?", 1)[0]) if secret else mask_url(text)
+    return mask_secret(text) if secret else text
+
+
+def _is_url(text: str) -> bool:
+    return "://" in text and bool(urlsplit(text).netloc)
 
 
 def masked_settings(settings: Settings) -> dict[str, Any]:
-    """Every setting by its environment variable's name, secrets masked."""
+    """Every setting by its environment variable's name, secrets masked. A setting is secret
+    when its name says so, or when it is kept out of the settings' repr (`repr=False`)."""
     shown: dict[str, Any] = {}
-    for name in sorted(type(settings).model_fields):
-        value = getattr(settings, name)
-        shown[name.upper()] = _shown(name, value)
+    fields = type(settings).model_fields
+    for name in sorted(fields):
+        secret = bool(_SECRET_NAME.search(name)) or not fields[name].repr
+        shown[name.upper()] = _shown(name, getattr(settings, name), secret=secret)
     shown["DATABASE_URL"] = mask_url(settings.resolved_database_url)
     return shown
