@@ -27,6 +27,10 @@ LOOKUP_TIMEOUT_SECONDS = 5.0
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 
 
+class TooManyRequests(Exception):
+    """The api's per-address limit refused this visitor: say so rather than "unavailable"."""
+
+
 class SharedVideos:
     """Looks shared videos up in the api, over one connection pool."""
 
@@ -47,6 +51,8 @@ class SharedVideos:
         async with self._http.get(f"{self.api_url}/api/shared/{token}", headers=headers) as answer:
             if answer.status == 404:
                 return None
+            if answer.status == 429:
+                raise TooManyRequests()
             answer.raise_for_status()
             found: dict[str, Any] = await answer.json()
             return found
@@ -96,9 +102,11 @@ async def _shared_page(request: web.Request) -> web.Response:
     renderer = request.app[RENDERER_KEY]
     try:
         shared = await videos.lookup(token, visitor=request.remote)
+    except TooManyRequests:
+        return renderer.render(SHARE_PAGE, status=429, shared=None, limited=True, meta={})
     except (aiohttp.ClientError, TimeoutError) as error:
         logger.warning("shared video lookup failed: %s", type(error).__name__)
-        return renderer.render(SHARE_PAGE, status=503, shared=None, token=token, meta={})
+        return renderer.render(SHARE_PAGE, status=503, shared=None, limited=False, meta={})
     if shared is None:
         return await render_not_found(request)
     width, _, height = str(shared["size"]).partition("x")
