@@ -45,6 +45,7 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(context.database.dispose)
             stack.push_async_callback(context.mailer.drain)
+            await stack.enter_async_context(context.live.running())
             context.provider = provider or _provider_for_health(settings)
             if provider is None and context.provider is not None:
                 stack.push_async_callback(context.provider.close)

@@ -1,7 +1,7 @@
 """audit log, password reset, shares, admin credit actor
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0007
 Create Date: 2026-12-05 08:45:58.937857
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0005"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
