@@ -20,6 +20,7 @@ AppEnv = Literal["development", "test", "production"]
 VideoProviderName = Literal["local", "openai"]
 
 MIN_JWT_SECRET_LENGTH = 32
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
 
 
 class SettingsError(Exception):
@@ -283,6 +284,49 @@ class Settings(BaseSettings):
     sse_heartbeat_seconds: float = Field(
         15.0, ge=0.05, le=300, validation_alias=_aliases("SSE_HEARTBEAT_SECONDS")
     )
+
+    # --- mail and password reset (see docs/configuration.md "Mail and password reset") ---
+    smtp_url: str | None = Field(None, validation_alias=_aliases("SMTP_URL"), repr=False)
+    smtp_ca_file: Path | None = Field(None, validation_alias=_aliases("SMTP_CA_FILE"))
+    smtp_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, validation_alias=_aliases("SMTP_TIMEOUT_SECONDS")
+    )
+    mail_from: str = Field("Sora2 <no-reply@localhost>", validation_alias=_aliases("MAIL_FROM"))
+    password_reset_ttl_minutes: int = Field(
+        30, ge=1, le=1_440, validation_alias=_aliases("PASSWORD_RESET_TTL_MINUTES")
+    )
+    forgot_limit_per_email: int = Field(
+        3, ge=1, validation_alias=_aliases("FORGOT_LIMIT_PER_EMAIL")
+    )
+    forgot_limit_per_ip: int = Field(10, ge=1, validation_alias=_aliases("FORGOT_LIMIT_PER_IP"))
+    share_limit_per_ip: int = Field(600, ge=1, validation_alias=_aliases("SHARE_LIMIT_PER_IP"))
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in SMTP_SCHEMES or not parts.hostname:
+            raise ValueError(
+                "must look like smtp://host:25, smtp+starttls://user:pass@host:587 or "
+                "smtps://user:pass@host:465"
+            )
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value.strip()
+
+    @field_validator("mail_from")
+    @classmethod
+    def _mail_from(cls, value: str) -> str:
+        from email.utils import parseaddr
+
+        _name, address = parseaddr(value)
+        if "@" not in address or any(ch in value for ch in "\r\n"):
+            raise ValueError(f"{value!r} must be an address such as 'Sora2 <no-reply@example.com>'")
+        return value.strip()
 
     @field_validator("video_prices", mode="before")
     @classmethod

@@ -290,13 +290,13 @@ def test_db_check_and_upgrade_commands(tmp_path: Path) -> None:
     assert json.loads(check.stdout) == {
         "reachable": True,
         "upToDate": False,
-        "pending": ["0001", "0002", "0007", "0006"],
-        "message": "4 pending migration(s): 0001, 0002, 0007, 0006; run `sora2 db upgrade`",
+        "pending": ["0001", "0002", "0007", "0006", "0005"],
+        "message": "5 pending migration(s): 0001, 0002, 0007, 0006, 0005; run `sora2 db upgrade`",
         "fix": "sora2 db upgrade",
     }
     upgraded = sora2("db", "upgrade", env=env)
     assert upgraded.returncode == 0
-    assert "applied 4 migration(s): 0001, 0002, 0007, 0006" in upgraded.stdout
+    assert "applied 5 migration(s): 0001, 0002, 0007, 0006, 0005" in upgraded.stdout
     assert sora2("db", "check", env=env).returncode == 0
 
 

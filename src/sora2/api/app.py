@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from sora2 import __version__
 from sora2.api.admin.routes import router as admin_router
+from sora2.api.auth.reset_routes import router as password_reset_router
 from sora2.api.auth.routes import router as auth_router
 from sora2.api.context import ApiContext
 from sora2.api.credits.routes import router as credits_router
@@ -26,6 +27,8 @@ from sora2.api.errors import install_error_handlers
 from sora2.api.health.routes import router as health_router
 from sora2.api.middleware import RequestContextMiddleware
 from sora2.api.providers.base import VideoProvider
+from sora2.api.shares.routes import owner_router as share_owner_router
+from sora2.api.shares.routes import public_router as shared_router
 from sora2.api.users.routes import router as users_router
 from sora2.api.videos.routes import router as videos_router
 from sora2.settings import Settings
@@ -41,6 +44,7 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
         await prepare_schema(context.database, apply=not settings.is_production)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(context.database.dispose)
+            stack.push_async_callback(context.mailer.drain)
             await stack.enter_async_context(context.live.running())
             context.provider = provider or _provider_for_health(settings)
             if provider is None and context.provider is not None:
@@ -76,9 +80,12 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
     for router in (
         health_router,
         auth_router,
+        password_reset_router,
         users_router,
         credits_router,
         videos_router,
+        share_owner_router,
+        shared_router,
         admin_router,
     ):
         app.include_router(router)

@@ -10,6 +10,7 @@ from sora2.api.auth.security import AccessTokens, Passwords
 from sora2.api.db import Database
 from sora2.api.events import VideoEvents
 from sora2.api.live import LiveProgress
+from sora2.api.mail import Mailer
 from sora2.api.metrics import ApiMetrics
 from sora2.api.providers.base import VideoProvider
 from sora2.api.storage import Storage
@@ -25,6 +26,7 @@ class ApiContext:
     limiter: RateLimiter
     client_address: ClientAddress
     storage: Storage
+    mailer: Mailer
     live: LiveProgress
     events: VideoEvents
     metrics: ApiMetrics
@@ -46,6 +48,7 @@ class ApiContext:
             limiter=rate_limiter(database, window_seconds=settings.rate_limit_window_seconds),
             client_address=ClientAddress(settings.proxy_trusted_proxies),
             storage=media_storage(settings),
+            mailer=Mailer.from_settings(settings),
             live=LiveProgress(
                 database,
                 events,

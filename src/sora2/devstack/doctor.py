@@ -52,6 +52,7 @@ def diagnose() -> list[Finding]:
     findings.extend(check_storage(settings, settings_valid=settings_valid))
     findings.append(check_open_files(settings))
     findings.extend(check_provider(settings, settings_valid=settings_valid))
+    findings.extend(check_mail(settings))
     return findings
 
 
@@ -647,6 +648,36 @@ def check_provider(settings: Settings, *, settings_valid: bool) -> list[Finding]
             )
         )
     return findings
+
+
+def check_mail(settings: Settings) -> list[Finding]:
+    """Password-reset mail needs SMTP_URL; without it only development has a way out (the log)."""
+    if settings.smtp_url:
+        parts = urlsplit(settings.smtp_url)
+        where = f"{parts.scheme}://{parts.hostname}:{parts.port or 'default port'}"
+        return [
+            Finding("mail", "ok", f"password-reset mail through {where}, from {settings.mail_from}")
+        ]
+    if settings.is_production:
+        return [
+            Finding(
+                "mail",
+                "fail",
+                "SMTP_URL is not set: nobody can reset a forgotten password (no mail is sent, "
+                "and production never writes reset links to the log)",
+                "set SMTP_URL (smtp+starttls://user:pass@host:587 or smtps://…:465) and MAIL_FROM",
+            )
+        ]
+    return [
+        Finding(
+            "mail",
+            "warn",
+            "SMTP_URL is not set: password-reset links are written to the api's log instead"
+            if settings.is_development
+            else "SMTP_URL is not set: password-reset mail is not sent",
+            "set SMTP_URL and MAIL_FROM to send real mail",
+        )
+    ]
 
 
 def _today() -> date:

@@ -12,6 +12,7 @@ from sora2.settings import Settings
 from sora2.web.pages import add_pages, render_not_found
 from sora2.web.proxy_setup import proxy_config
 from sora2.web.security import site_middleware
+from sora2.web.share_page import add_share_page
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(_server_without_versions)
     mount_proxy(app, proxy)
     add_pages(app, settings)
+    add_share_page(app, settings)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     return app

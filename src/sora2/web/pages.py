@@ -54,11 +54,24 @@ PAGES: dict[str, Page] = {
     "/": Page("landing.html", "Text to video", "landing"),
     "/login": Page("login.html", "Sign in", "login"),
     "/register": Page("register.html", "Create your account", "register"),
+    "/forgot-password": Page("forgot_password.html", "Forgot your password", "forgot-password"),
+    "/reset-password": Page("reset_password.html", "Choose a new password", "reset-password"),
     "/generate": Page("generate.html", "Generate a video", "generate", signed_in_only=True),
     "/gallery": Page("gallery.html", "Your videos", "gallery", signed_in_only=True),
     "/profile": Page("profile.html", "Your profile", "profile", signed_in_only=True),
 }
 VIDEO_PAGE = Page("video.html", "Video", "video", signed_in_only=True)
+# The admin console: one template, one script, a view each. The pages hold no data; the api
+# answers only administrators (403 for anyone else), and the script says so.
+ADMIN_VIEWS: dict[str, tuple[str, str]] = {
+    "/admin": ("dashboard", "Dashboard"),
+    "/admin/users": ("users", "Users"),
+    "/admin/videos": ("videos", "Videos"),
+    "/admin/jobs": ("jobs", "Jobs"),
+    "/admin/audit": ("audit", "Audit log"),
+    "/admin/keys": ("keys", "Provider keys"),
+    "/admin/config": ("config", "Configuration"),
+}
 NOT_FOUND_PAGE = Page("not_found.html", "Page not found", "common")
 
 
@@ -163,6 +176,16 @@ async def _video_page(request: web.Request) -> web.Response:
     return request.app[RENDERER_KEY].render(VIDEO_PAGE, video_id=video_id)
 
 
+def _admin_page(path: str, view: str, label: str) -> Handler:
+    page = Page("admin.html", f"Admin · {label}", "admin", signed_in_only=True)
+    views = [(where, name) for where, (_, name) in ADMIN_VIEWS.items()]
+
+    async def handle(request: web.Request) -> web.Response:
+        return request.app[RENDERER_KEY].render(page, view=view, admin_path=path, admin_views=views)
+
+    return handle
+
+
 async def render_not_found(request: web.Request) -> web.Response:
     return request.app[RENDERER_KEY].render(NOT_FOUND_PAGE, status=404, path=request.path)
 
@@ -209,4 +232,6 @@ def add_pages(app: web.Application, settings: Settings) -> None:
     for path, page in PAGES.items():
         app.router.add_get(path, _page_handler(page))
     app.router.add_get("/videos/{video_id}", _video_page)
+    for path, (view, label) in ADMIN_VIEWS.items():
+        app.router.add_get(path, _admin_page(path, view, label))
     app.router.add_get("/static/{filename:.+}", _static_file)

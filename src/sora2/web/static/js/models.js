@@ -44,6 +44,7 @@ export function normalizeUser(user) {
     id: String(user.id ?? ""),
     email: user.email ?? "",
     nickname: user.nickname ?? "",
+    role: user.role ?? "user",
     createdAt: user.createdAt ?? null,
   };
 }

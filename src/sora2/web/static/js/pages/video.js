@@ -6,6 +6,7 @@ import { startPage } from "../common.js";
 import { credits, dateTime, statusLabel } from "../format.js";
 import { isFinal, normalizeVideo } from "../models.js";
 import { refreshBalance } from "../session.js";
+import { renderShare } from "../share-ui.js";
 
 const root = document.querySelector("[data-video-id]");
 const videoId = root.dataset.videoId;
@@ -43,6 +44,7 @@ function renderStatus() {
     : "";
   show("video-error", failed);
   renderPlayer();
+  renderShare(video);
 }
 
 function render() {
