@@ -35,8 +35,19 @@ def settings_or_exit() -> Settings:
         raise CommandExit(str(error)) from None
 
 
+def catalog_or_exit(settings: Settings) -> None:
+    """Every service reads the model catalog: a broken one stops it at start, one line a problem."""
+    from sora2.catalog import CatalogError, load_catalog
+
+    try:
+        load_catalog(settings)
+    except CatalogError as error:
+        raise CommandExit(str(error)) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = settings_or_exit()
+    catalog_or_exit(settings)
     if args.service == "api":
         from sora2.api.server import serve as serve_api
 

@@ -219,9 +219,16 @@ class Settings(BaseSettings):
     signup_credits: int = Field(
         100, ge=0, le=1_000_000, validation_alias=_aliases("SIGNUP_CREDITS")
     )
+    # Overrides of the built-in catalog's prices (`sora2.catalog`); MODELS_FILE prices its own.
     video_prices: Annotated[dict[str, int], NoDecode] = Field(
-        default_factory=lambda: {"sora-2": 1, "sora-2-pro": 3},
-        validation_alias=_aliases("VIDEO_PRICES"),
+        default_factory=dict, validation_alias=_aliases("VIDEO_PRICES")
+    )
+    models_file: Path | None = Field(None, validation_alias=_aliases("MODELS_FILE"))
+    input_reference_max_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        le=100 * 1024 * 1024,
+        validation_alias=_aliases("INPUT_REFERENCE_MAX_BYTES"),
     )
     access_token_ttl_seconds: int = Field(
         900, ge=10, le=86_400, validation_alias=_aliases("ACCESS_TOKEN_TTL_SECONDS")
@@ -264,6 +271,11 @@ class Settings(BaseSettings):
         1_000, ge=10, le=60_000, validation_alias=_aliases("SSE_POLL_INTERVAL_MS")
     )
 
+    @field_validator("models_file", mode="before")
+    @classmethod
+    def _unset_when_blank(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("video_prices", mode="before")
     @classmethod
     def _price_table(cls, value: object) -> object:
@@ -282,10 +294,7 @@ class Settings(BaseSettings):
 
     @field_validator("video_prices")
     @classmethod
-    def _prices_cover_models(cls, value: dict[str, int]) -> dict[str, int]:
-        missing = {"sora-2", "sora-2-pro"} - value.keys()
-        if missing:
-            raise ValueError(f"needs a price for {', '.join(sorted(missing))}")
+    def _prices_not_negative(cls, value: dict[str, int]) -> dict[str, int]:
         if any(price < 0 for price in value.values()):
             raise ValueError("prices cannot be negative")
         return value

@@ -20,14 +20,17 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from sora2.catalog import BUILT_IN_MODELS, BUILT_IN_SECONDS, BUILT_IN_SIZES
+
 # A prompt containing this is refused at create, like the real moderation check.
 BLOCKED_AT_CREATE = "[blocked-at-create]"
 # A prompt containing this is accepted, then fails moderation while it renders.
 BLOCKED_WHILE_RENDERING = "[blocked-while-rendering]"
 
-MODELS = frozenset({"sora-2", "sora-2-pro"})
-SECONDS = frozenset({"4", "8", "12"})
-SIZES = frozenset({"720x1280", "1280x720", "1024x1792", "1792x1024"})
+# What OpenAI's own service accepted: the built-in catalog's models, lengths and sizes.
+MODELS = frozenset(model_id for model_id, _, _ in BUILT_IN_MODELS)
+SECONDS = frozenset(str(seconds) for seconds in BUILT_IN_SECONDS)
+SIZES = frozenset(BUILT_IN_SIZES)
 THUMBNAIL_SIZE = (96, 54)
 
 

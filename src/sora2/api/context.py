@@ -12,6 +12,7 @@ from sora2.api.events import VideoEvents
 from sora2.api.metrics import ApiMetrics
 from sora2.api.providers.base import VideoProvider
 from sora2.api.storage import LocalStorage, Storage
+from sora2.catalog import Catalog, load_catalog
 from sora2.settings import Settings
 
 
@@ -24,6 +25,7 @@ class ApiContext:
     limiter: RateLimiter
     client_address: ClientAddress
     storage: Storage
+    catalog: Catalog
     events: VideoEvents = field(default_factory=VideoEvents)
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
     provider: VideoProvider | None = None
@@ -41,6 +43,7 @@ class ApiContext:
             limiter=RateLimiter(window_seconds=settings.rate_limit_window_seconds),
             client_address=ClientAddress(settings.proxy_trusted_proxies),
             storage=media_storage(settings),
+            catalog=load_catalog(settings),
         )
 
 

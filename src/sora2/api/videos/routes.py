@@ -44,14 +44,9 @@ async def _create(
     """Charge and queue (202), or replay the answer to an earlier request with the same key."""
     if idempotent is not None and (replay := await idempotent.claim()) is not None:
         return replay
+    choice = service.choose(context.catalog, model=body.model, seconds=body.seconds, size=body.size)
     video, balance = await service.create(
-        session,
-        settings=context.settings,
-        user_id=user_id,
-        prompt=body.prompt,
-        model=body.model,
-        seconds=body.seconds,
-        size=body.size,
+        session, user_id=user_id, prompt=body.prompt, choice=choice
     )
     created = VideoCreated.model_validate(
         {**VideoOut.model_validate(video).model_dump(), "balance": balance}

@@ -34,15 +34,39 @@ function updateCost() {
   }
   const short = cost > balance;
   costLine.textContent = short
-    ? `This video costs ${credits(cost)}, but your balance is ${credits(balance)}. Choose a shorter length or the sora-2 model.`
+    ? `This video costs ${credits(cost)}, but your balance is ${credits(balance)}. Choose a shorter length or a cheaper model.`
     : `This video costs ${credits(cost)}. Your balance: ${credits(balance)}, ${credits(balance - cost)} after this one.`;
   costLine.classList.toggle("cost-short", short);
   submit.disabled = short;
 }
 
+/** Fill a select with `values`, keeping the current choice when the new model offers it too. */
+function fillSelect(select, values, label) {
+  const kept = select.value;
+  select.replaceChildren(
+    ...values.map((value) => {
+      const option = document.createElement("option");
+      option.value = String(value);
+      option.textContent = label(value);
+      return option;
+    }),
+  );
+  if (values.map(String).includes(kept)) select.value = kept;
+}
+
+/** Lengths and sizes are the chosen model's own (the catalog's entry for it). */
+function showModelChoices() {
+  const model = (choices().models ?? []).find((item) => item.id === form.elements.model.value);
+  if (!model) return;
+  fillSelect(form.elements.seconds, model.seconds, (s) => `${s} seconds`);
+  fillSelect(form.elements.size, model.sizes, (size) => size);
+}
+
 prompt.addEventListener("input", updateCounter);
+form.elements.model.addEventListener("change", showModelChoices);
 form.addEventListener("change", updateCost);
 keepDraft(form);
+showModelChoices();
 updateCounter();
 updateCost();
 
