@@ -317,3 +317,67 @@ def _env(**extra: str) -> dict[str, str]:
 
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("MODELS_", "GATEWAY", "GPU"))}
     return keep | {"APP_ENV": "test"} | extra
+
+
+async def test_a_user_gets_a_veo_video_through_a_gateway_named_in_designs_catalog(
+    gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DESIGN's catalog file, its base URL aimed at the fake: the api, the worker, the router."""
+    from sora2.api.context import media_storage
+    from sora2.api.db import Database
+    from sora2.api.db.migrate import upgrade
+    from sora2.api.jobs.worker import Worker
+    from tests.api.conftest import make_settings
+    from tests.api.harness import running_api, wait_for
+
+    if gateway.name == "openai":
+        gateway.fake.valid_keys.add(KEYS[0])
+    monkeypatch.setenv("GATEWAY_KEYS", KEYS[0])
+    catalog = gateway_catalog(gateway.base_url).replace(VEO, gateway.upstream_model)
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'api.db'}",
+        tmp_path,
+        models_file=write_catalog(tmp_path, catalog),
+    )
+    database = Database(settings.resolved_database_url)
+    await upgrade(database)
+    provider = create_provider(settings)
+    worker = Worker(
+        settings=settings, database=database, storage=media_storage(settings), provider=provider
+    )
+    try:
+        async with running_api(settings, provider) as api, worker.running():
+            token, _ = await api.register()
+            status, video, _ = await api.request(
+                "POST",
+                "/api/videos",
+                token=token,
+                json={"prompt": PROMPT, "model": "veo-3.1", "seconds": 8, "size": "720x1280"},
+            )
+            assert status == 202, video
+            assert video["cost"] == 16
+
+            async def completed() -> bool:
+                _, body, _ = await api.request("GET", f"/api/videos/{video['id']}", token=token)
+                assert body["status"] not in ("failed", "cancelled"), body
+                return bool(body["status"] == "completed")
+
+            await wait_for(completed, timeout=20)
+            _, content, _ = await api.request(
+                "GET", f"/api/videos/{video['id']}/content", token=token
+            )
+            _, thumbnail, _ = await api.request(
+                "GET", f"/api/videos/{video['id']}/thumbnail", token=token
+            )
+    finally:
+        await provider.close()
+        await database.dispose()
+
+    assert content == gateway.fake.video_bytes
+    assert thumbnail[:3] == b"\xff\xd8\xff"
+    [create] = gateway.fake.creates
+    assert (create.form["model"], create.form["seconds"], create.form["size"]) == (
+        gateway.upstream_model,
+        "8",
+        "720x1280",
+    )
