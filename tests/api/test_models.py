@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,6 @@ from tests.fakes.catalogs import LOCAL_ONLY_CATALOG, gateway_catalog, write_cata
 
 PROMPT = "A heron lifts off a misty lake"
 GATEWAY_KEY = "sk-gateway-secret-0000000000009f3a"
-
-
-@pytest.fixture
-async def catalog_api(
-    settings: Settings, tmp_path: Path, provider: ScriptedProvider
-) -> AsyncIterator[RunningApi]:
-    path = write_catalog(tmp_path, LOCAL_ONLY_CATALOG)
-    with_file = settings.model_copy(update={"models_file": path})
-    async with running_api(with_file, provider) as running:
-        yield running
 
 
 async def create(api: RunningApi, token: str, **fields: Any) -> tuple[int, dict[str, Any]]:

@@ -381,3 +381,62 @@ async def test_a_user_gets_a_veo_video_through_a_gateway_named_in_designs_catalo
         "8",
         "720x1280",
     )
+
+
+# --- image-to-video and remix upstream ------------------------------------------------------
+
+
+async def test_an_image_goes_upstream_as_a_multipart_input_reference(
+    gateway: Gateway, provider: OpenAIProvider
+) -> None:
+    import dataclasses
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 72), (30, 200, 60)).save(buffer, "JPEG")
+    picture = buffer.getvalue()
+
+    job_id = await provider.start(
+        dataclasses.replace(request_for(gateway), input_reference=picture)
+    )
+
+    [create] = gateway.fake.creates
+    assert create.content_type == "multipart/form-data"
+    assert "input_reference" in create.form
+    if isinstance(gateway.fake, GatewayFake):
+        sent = gateway.fake.references[job_id]
+        assert (sent.filename, sent.content_type, sent.data) == (
+            "reference.jpg",
+            "image/jpeg",
+            picture,
+        )
+
+
+async def test_a_remix_is_asked_of_the_source_video_upstream(
+    gateway: Gateway, provider: OpenAIProvider
+) -> None:
+    import dataclasses
+
+    from sora2.api.providers.base import RemixSource
+
+    source = await provider.start(request_for(gateway))
+    await poll_until_final(provider, source)
+    remix = dataclasses.replace(
+        request_for(gateway, "the same market in the rain"), remix=RemixSource(source, PROMPT)
+    )
+
+    if gateway.name == "vllm-omni":  # no remix route at all
+        error = await expect_error(provider.start(remix))
+        assert error.kind is ErrorKind.NOT_FOUND
+        return
+    if gateway.name == "litellm":  # Veo through LiteLLM refuses remixes
+        error = await expect_error(provider.start(remix))
+        assert error.message == "Video remix is not supported by Google Veo."
+        return
+    job_id = await provider.start(remix)
+
+    [call] = [c for c in gateway.fake.calls if c.path.endswith("/remix")]
+    assert call.path == f"/v1/videos/{source}/remix"
+    assert call.form == {"prompt": "the same market in the rain"}
+    assert gateway.fake.videos[job_id].remixed_from == source
+    assert (await poll_until_final(provider, job_id))[-1].status == "completed"

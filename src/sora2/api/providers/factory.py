@@ -22,6 +22,7 @@ from sora2.api.providers.base import (
     GenerationRequest,
     ProviderError,
     ProviderJob,
+    RemixSource,
     VideoProvider,
 )
 from sora2.catalog import Catalog, Provider, load_catalog
@@ -79,8 +80,25 @@ class ProviderRouter:
                 "be made. Choose another model.",
             )
         upstream = dataclasses.replace(request, model=model.upstream_model)
+        if request.remix is not None:
+            upstream = dataclasses.replace(
+                upstream, remix=self._remix_at(model.provider, request.remix)
+            )
         job_id = await self.providers[model.provider].start(upstream)
         return f"{model.provider}{_SEPARATOR}{job_id}"
+
+    def _remix_at(self, provider_name: str, remix: RemixSource) -> RemixSource:
+        """The source's id as its own provider knows it; a remix is made where its source was."""
+        name, separator, upstream_id = remix.job_id.partition(_SEPARATOR)
+        if not separator:
+            name, upstream_id = self._default, remix.job_id
+        if name != provider_name or not upstream_id:
+            raise ProviderError(
+                ErrorKind.FINAL,
+                "remix_source_unavailable",
+                "The video to remix was made elsewhere or is gone; remix another video.",
+            )
+        return dataclasses.replace(remix, job_id=upstream_id)
 
     async def status(self, job_id: str) -> ProviderJob:
         provider, upstream_id = self._route(job_id)

@@ -31,6 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
+from openai import Omit, omit
+from openai._types import FileTypes
 from openai.types import VideoSeconds, VideoSize
 from PIL import Image, UnidentifiedImageError
 
@@ -114,12 +116,27 @@ class OpenAIProvider:
     async def start(self, request: GenerationRequest) -> str:
         # The api checked these against the model's catalog entry; `model` is its upstream name.
         # Multipart carries every field as text, so `seconds` goes as "8" to every server.
+        remix = request.remix
+        if remix is not None:
+            # The contract's remix takes only the new prompt: model, length and size are the
+            # source's.
+            raw = await self._with_a_key(
+                lambda client: client.videos.with_raw_response.remix(
+                    remix.job_id, prompt=request.prompt
+                )
+            )
+            return _video_id(raw.text)
+        # The image goes as a multipart file part, as the SDK sends one; without it, no part.
+        reference: FileTypes | Omit = omit
+        if request.input_reference is not None:
+            reference = ("reference.jpg", request.input_reference, "image/jpeg")
         raw = await self._with_a_key(
             lambda client: client.videos.with_raw_response.create(
                 prompt=request.prompt,
                 model=request.model,
                 seconds=cast(VideoSeconds, str(request.seconds)),
                 size=cast(VideoSize, request.size),
+                input_reference=reference,
             )
         )
         return _video_id(raw.text)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from sora2.api.context import ApiContext
@@ -16,7 +23,7 @@ from sora2.api.deps import CallerDep, Context, CurrentUser, ReadConnection, Sess
 from sora2.api.errors import ERROR_RESPONSES, ApiError
 from sora2.api.idempotency.service import IdempotencyKeyHeader, IdempotentRequest
 from sora2.api.schemas import PageNumber, PageSize
-from sora2.api.videos import service
+from sora2.api.videos import images, service
 from sora2.api.videos.models import FINAL_STATUSES, Video
 from sora2.api.videos.schemas import VideoCreate, VideoCreated, VideoOut, VideoPage, VideoStatus
 
@@ -33,6 +40,14 @@ STATE_RESPONSES: dict[int | str, dict[str, Any]] = {
 SSE_KEEPALIVE_SECONDS = 15.0
 
 
+class _MultipartSeen(BaseModel):
+    """What makes a multipart create "the same request" for its Idempotency-Key: the fields and
+    the image's digest (the image itself is too big to keep)."""
+
+    fields: VideoCreate
+    input_reference_sha256: str
+
+
 async def _create(
     context: ApiContext,
     session: SessionDep,
@@ -40,26 +55,160 @@ async def _create(
     body: VideoCreate,
     *,
     idempotent: IdempotentRequest | None,
+    image: bytes | None = None,
+    remix_of: Video | None = None,
 ) -> VideoCreated | JSONResponse:
-    """Charge and queue (202), or replay the answer to an earlier request with the same key."""
+    """Charge and queue (202), or replay the answer to an earlier request with the same key.
+
+    A refusal (a choice the model does not offer, a bad image, too few credits) leaves nothing
+    behind: no charge, no video, no file, no key."""
     if idempotent is not None and (replay := await idempotent.claim()) is not None:
         return replay
     choice = service.choose(context.catalog, model=body.model, seconds=body.seconds, size=body.size)
+    fitted = None
+    if image is not None:
+        service.check_image_input(context.catalog, choice.model)
+        width, height = (int(side) for side in choice.size.split("x"))
+        fitted = await asyncio.to_thread(
+            images.fit_reference,
+            image,
+            width=width,
+            height=height,
+            max_bytes=context.settings.input_reference_max_bytes,
+        )
     video, balance = await service.create(
-        session, user_id=user_id, prompt=body.prompt, choice=choice
+        session, user_id=user_id, prompt=body.prompt, choice=choice, remix_of=remix_of
     )
+    if fitted is not None:
+        video.input_reference_key = images.reference_key(user_id, video.id)
+        images.store_reference(context.storage, video.input_reference_key, fitted.data)
     created = VideoCreated.model_validate(
-        {**VideoOut.model_validate(video).model_dump(), "balance": balance}
+        {
+            **VideoOut.model_validate(video).model_dump(),
+            "input_reference_key": video.input_reference_key,
+            "balance": balance,
+        }
     )
     if idempotent is not None:
         idempotent.complete(202, created.model_dump(mode="json", by_alias=True))
-    await session.commit()
+    try:
+        await session.commit()
+    except BaseException:
+        if video.input_reference_key is not None:
+            context.storage.delete(video.input_reference_key)
+        raise
     return created
 
 
-@router.post("", response_model=VideoCreated, status_code=202, responses=CREATE_RESPONSES)
+def _invalid_body(error: ValidationError) -> RequestValidationError:
+    """pydantic's complaint about a body we parsed ourselves, answered like FastAPI's own."""
+    return RequestValidationError(
+        [{**item, "loc": ("body", *item.get("loc", ()))} for item in error.errors()]
+    )
+
+
+async def _create_input(request: Request, max_bytes: int) -> tuple[VideoCreate, bytes | None]:
+    """The create's fields, and the image when it came as multipart `input_reference`."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return await _form_input(request, max_bytes)
+    if content_type not in ("", "application/json"):
+        raise ApiError(
+            415,
+            "Unsupported Media Type",
+            "Send the video's fields as application/json, or as multipart/form-data with an "
+            "image in input_reference.",
+        )
+    raw = await request.body()
+    if not raw.strip():
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "required"}])
+    try:
+        # json.loads, as FastAPI reads bodies: text a database cannot store (a lone surrogate)
+        # is then the model's 422 naming the field, not a 400 for the whole body.
+        document = json.loads(raw)
+    except ValueError:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": "invalid JSON"}]
+        ) from None
+    try:
+        return VideoCreate.model_validate(document), None
+    except ValidationError as error:
+        raise _invalid_body(error) from None
+
+
+async def _form_input(request: Request, max_bytes: int) -> tuple[VideoCreate, bytes | None]:
+    try:
+        form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
+    except (MultiPartException, HTTPException) as error:
+        detail = getattr(error, "message", None) or getattr(error, "detail", "")
+        raise ApiError(
+            400,
+            "Bad Request",
+            f"The multipart body could not be read ({detail}): send "
+            "prompt, model, seconds and size as fields and the image as one file.",
+        ) from None
+    fields: dict[str, object] = {}
+    upload: UploadFile | None = None
+    for name, value in form.multi_items():
+        if name == images.FIELD:
+            if isinstance(value, str):
+                raise ApiError(
+                    422,
+                    "Validation Error",
+                    "input_reference must be a file (an image), not text.",
+                    details={"fields": [{"field": images.FIELD, "message": "must be a file"}]},
+                )
+            upload = value
+        elif isinstance(value, str):
+            fields[name] = value
+        else:
+            fields[name] = "<file>"  # a file where text belongs: the model says which field
+    try:
+        body = VideoCreate.model_validate(fields)
+    except ValidationError as error:
+        raise _invalid_body(error) from None
+    if upload is None:
+        return body, None
+    data = await upload.read(max_bytes + 1)
+    await upload.close()
+    images.check_size(len(data), max_bytes)
+    return body, data
+
+
+CREATE_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": VideoCreate.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["prompt"],
+                    "properties": {
+                        **VideoCreate.model_json_schema()["properties"],
+                        images.FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "JPEG, PNG or WebP; fitted to the size by a centred "
+                            "cover-crop (models with image_input only)",
+                        },
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    response_model=VideoCreated,
+    status_code=202,
+    responses=CREATE_RESPONSES,
+    openapi_extra=CREATE_REQUEST_BODY,
+)
 async def create_video(
-    body: VideoCreate,
+    request: Request,
     user: CurrentUser,
     context: Context,
     session: SessionDep,
@@ -67,17 +216,23 @@ async def create_video(
 ) -> VideoCreated | JSONResponse:
     """Queue a video: its cost is charged now, refunded on failure.
 
-    Send an `Idempotency-Key` to make retrying safe: the same request with the same key answers
-    the first video again (with `Idempotent-Replayed: true`) and is charged once."""
+    JSON, or multipart/form-data with an image in `input_reference` to start from (models with
+    `image_input`). Send an `Idempotency-Key` to make retrying safe: the same request with the
+    same key answers the first video again (with `Idempotent-Replayed: true`) and is charged
+    once."""
+    body, image = await _create_input(request, context.settings.input_reference_max_bytes)
+    seen: BaseModel = body
+    if image is not None:
+        seen = _MultipartSeen(fields=body, input_reference_sha256=hashlib.sha256(image).hexdigest())
     idempotent = IdempotentRequest.of(
         session,
         user_id=user.id,
         key=idempotency_key,
         method="POST",
         path="/api/videos",
-        body=body,
+        body=seen,
     )
-    return await _create(context, session, user.id, body, idempotent=idempotent)
+    return await _create(context, session, user.id, body, idempotent=idempotent, image=image)
 
 
 @router.get("", response_model=VideoPage)
@@ -275,6 +430,30 @@ async def video_content(
         filename=f"sora2-{video_id}.mp4" if download else None,
         content_disposition_type="attachment",
         headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+REFERENCE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/jpeg": {}}, "description": "JPEG, the video's size"}
+}
+
+
+@router.get(
+    "/{video_id}/input_reference", response_class=FileResponse, responses=REFERENCE_RESPONSES
+)
+async def video_input_reference(
+    video_id: str, caller: CallerDep, context: Context, connection: ReadConnection
+) -> FileResponse:
+    """The image this video started from, as it was sent upstream (fitted to the video's size)."""
+    video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
+    key = video["input_reference_key"]
+    if key is None:
+        raise ApiError(404, "Not Found", "This video did not start from an image.")
+    path = context.storage.path(key)
+    if not path.is_file():
+        raise ApiError(404, "Not Found", "The image of this video is missing from storage.")
+    return FileResponse(
+        str(path), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
     )
 
 

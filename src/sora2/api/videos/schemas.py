@@ -45,6 +45,8 @@ class VideoOut(Output):
     error_code: str | None
     error_message: str | None
     video_bytes: int | None
+    remix_of: str | None = Field(None, description="The video this one remixes, if any")
+    input_reference_key: str | None = Field(None, exclude=True)
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -54,6 +56,14 @@ class VideoOut(Output):
     @property
     def content_url(self) -> str | None:
         return f"/api/videos/{self.id}/content" if self.status == "completed" else None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def input_reference_url(self) -> str | None:
+        """The image it started from, when it did (image-to-video)."""
+        if self.input_reference_key is None:
+            return None
+        return f"/api/videos/{self.id}/input_reference"
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -64,12 +64,28 @@ def _invalid_choice(field: str, message: str, *, allowed: list[Any]) -> ApiError
     )
 
 
+def check_image_input(catalog: Catalog, model: Model) -> None:
+    """An image is only for models that take one (`image_input`); say which do."""
+    if model.image_input:
+        return
+    takers = [m.id for m in catalog.models.values() if m.image_input]
+    fix = f"choose {', '.join(takers)}" if takers else "no model here takes one"
+    message = f"{model.id} does not start from an image; send no input_reference, or {fix}"
+    raise ApiError(
+        422,
+        "Validation Error",
+        f"Invalid request: input_reference: {message}.",
+        details={"fields": [{"field": "input_reference", "message": message}], "allowed": takers},
+    )
+
+
 async def create(
     session: AsyncSession,
     *,
     user_id: str,
     prompt: str,
     choice: Choice,
+    remix_of: Video | None = None,
 ) -> tuple[Video, int]:
     """Inserts the video and its job and charges for it, in the caller's transaction: the caller
     commits all of it together (with its idempotency key, if any), or nothing."""
@@ -81,6 +97,7 @@ async def create(
         size=choice.size,
         cost=choice.cost,
         provider=choice.model.provider,
+        remix_of=remix_of.id if remix_of is not None else None,
     )
     session.add(video)
     await session.flush()
@@ -209,7 +226,7 @@ async def delete(session: AsyncSession, *, storage: Storage, user_id: str, video
     await get_own(session, user_id=user_id, video_id=video_id)
     await cancel_if_active(session, user_id=user_id, video_id=video_id)
     video = await get_own(session, user_id=user_id, video_id=video_id)
-    keys = [key for key in (video.video_key, video.thumbnail_key) if key]
+    keys = [key for key in (video.video_key, video.thumbnail_key, video.input_reference_key) if key]
     await _lock_job_first(session, video_id)  # deleting the video deletes its job too
     await session.delete(video)
     await session.commit()
