@@ -54,6 +54,7 @@ _MODEL_KEYS = frozenset(
 
 # Today's behaviour, for when no MODELS_FILE is set: the sizes and lengths the OpenAI Videos API
 # contract names, at the prices the project has always charged (VIDEO_PRICES may change them).
+# Both take an image and offer remix, as the contract does and the local renderer can.
 BUILT_IN_SECONDS = (4, 8, 12)
 BUILT_IN_SIZES = ("1280x720", "720x1280", "1024x1792", "1792x1024")
 BUILT_IN_MODELS: tuple[tuple[str, str, int], ...] = (
@@ -243,6 +244,8 @@ def _built_in(settings: Settings) -> Catalog:
             seconds=BUILT_IN_SECONDS,
             sizes=BUILT_IN_SIZES,
             credits_per_second=settings.video_prices.get(model_id, price),
+            image_input=True,
+            remix=True,
         )
         for model_id, name, price in BUILT_IN_MODELS
     }

@@ -12,7 +12,10 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from tests.api.harness import RunningApi
+from sora2.settings import Settings
+from tests.api.fake_provider import ScriptedProvider
+from tests.api.harness import RunningApi, running_api
+from tests.fakes.catalogs import LOCAL_ONLY_CATALOG, write_catalog
 
 PROMPT = "The kite lifts off the beach"
 
@@ -160,17 +163,25 @@ async def test_a_bad_image_is_refused_naming_the_problem_and_nothing_is_charged_
     assert stored_references(catalog_api) == []
 
 
-async def test_a_model_without_image_input_refuses_an_image(api: RunningApi) -> None:
-    token, _ = await api.register()  # the built-in catalog: sora-2 does not take images
+async def test_a_model_without_image_input_refuses_an_image(
+    settings: Settings, tmp_path: Path, provider: ScriptedProvider
+) -> None:
+    words_only = LOCAL_ONLY_CATALOG.replace("image_input = true", "image_input = false", 1)
+    path = write_catalog(tmp_path, words_only)
     photo = encoded(bands((320, 180), [RED, BLUE]), "PNG")
+    async with running_api(settings.model_copy(update={"models_file": path}), provider) as api:
+        token, _ = await api.register()
 
-    status, body = await create(api, token, photo, model="sora-2")
+        status, body = await create(api, token, photo, model="veo-3.1")
 
-    assert status == 422
-    assert "sora-2 does not start from an image" in body["message"]
-    assert body["details"]["fields"][0]["field"] == "input_reference"
-    assert await balance(api, token) == 100
-    assert stored_references(api) == []
+        assert status == 422
+        assert body["message"] == (
+            "Invalid request: input_reference: veo-3.1 does not start from an image; send no "
+            "input_reference, or choose local-draft."
+        )
+        assert body["details"]["fields"][0]["field"] == "input_reference"
+        assert await balance(api, token) == 100
+        assert stored_references(api) == []
 
 
 async def test_multipart_fields_are_checked_like_json_ones(catalog_api: RunningApi) -> None:
@@ -227,7 +238,7 @@ async def test_deleting_a_video_deletes_its_image(catalog_api: RunningApi) -> No
 
 
 @pytest.mark.slow
-async def test_the_local_renderer_makes_a_clip_that_opens_on_the_image(
+async def test_the_local_renderer_opens_on_the_image_and_so_does_its_remix(
     database_url: str, tmp_path: Path
 ) -> None:
     from sora2.api.providers.factory import create_provider
@@ -250,9 +261,20 @@ async def test_the_local_renderer_makes_a_clip_that_opens_on_the_image(
         assert status == 202, video
         done = await until_status(api, token, video["id"], "completed", "failed", timeout=90)
         assert done["status"] == "completed", done
-        _, jpeg, _ = await api.request("GET", done["thumbnailUrl"], token=token)
-    thumbnail = Image.open(io.BytesIO(jpeg))
-    # The picture fills the frame (no gradient): its corners are the image's green.
-    width, height = thumbnail.size
-    for corner in ((4, 4), (width - 5, 4), (4, height - 12), (width - 5, height - 12)):
-        assert close(thumbnail.getpixel(corner), GREEN, tolerance=40), corner
+        # Remixed through the real router and renderer: it opens on the source's image again.
+        status, remixed, _ = await api.request(
+            "POST", f"/api/videos/{video['id']}/remix", token=token, json={"prompt": "at night"}
+        )
+        assert status == 202, remixed
+        again = await until_status(api, token, remixed["id"], "completed", "failed", timeout=90)
+        assert again["status"] == "completed", again
+        thumbnails = [
+            (await api.request("GET", item["thumbnailUrl"], token=token))[1]
+            for item in (done, again)
+        ]
+    for jpeg in thumbnails:
+        thumbnail = Image.open(io.BytesIO(jpeg))
+        # The picture fills the frame (no gradient): its corners are the image's green.
+        width, height = thumbnail.size
+        for corner in ((4, 4), (width - 5, 4), (4, height - 12), (width - 5, height - 12)):
+            assert close(thumbnail.getpixel(corner), GREEN, tolerance=40), corner

@@ -35,8 +35,8 @@ def test_without_a_file_the_catalog_is_todays_two_models_on_the_local_renderer()
             "seconds": [4, 8, 12],
             "sizes": ["1280x720", "720x1280", "1024x1792", "1792x1024"],
             "credits_per_second": 1,
-            "image_input": False,
-            "remix": False,
+            "image_input": True,
+            "remix": True,
         },
         {
             "id": "sora-2-pro",
@@ -45,8 +45,8 @@ def test_without_a_file_the_catalog_is_todays_two_models_on_the_local_renderer()
             "seconds": [4, 8, 12],
             "sizes": ["1280x720", "720x1280", "1024x1792", "1792x1024"],
             "credits_per_second": 3,
-            "image_input": False,
-            "remix": False,
+            "image_input": True,
+            "remix": True,
         },
     ]
     assert catalog.default.id == "sora-2"

@@ -25,7 +25,14 @@ from sora2.api.idempotency.service import IdempotencyKeyHeader, IdempotentReques
 from sora2.api.schemas import PageNumber, PageSize
 from sora2.api.videos import images, service
 from sora2.api.videos.models import FINAL_STATUSES, Video
-from sora2.api.videos.schemas import VideoCreate, VideoCreated, VideoOut, VideoPage, VideoStatus
+from sora2.api.videos.schemas import (
+    RemixCreate,
+    VideoCreate,
+    VideoCreated,
+    VideoOut,
+    VideoPage,
+    VideoStatus,
+)
 
 router = APIRouter(prefix="/api/videos", tags=["videos"], responses=ERROR_RESPONSES)
 
@@ -314,6 +321,46 @@ async def regenerate_video(
         }
     )
     return await _create(context, session, user.id, body, idempotent=idempotent)
+
+
+@router.post(
+    "/{video_id}/remix",
+    response_model=VideoCreated,
+    status_code=202,
+    responses=CREATE_RESPONSES | STATE_RESPONSES,
+)
+async def remix_video(
+    video_id: str,
+    body: RemixCreate,
+    user: CurrentUser,
+    context: Context,
+    session: SessionDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> VideoCreated | JSONResponse:
+    """Make a new video from a completed one of yours, with new words: same model, length and
+    size, charged like a create of them. Only for models with `remix` (GET /api/models). The new
+    video's `remixOf` names its source."""
+    idempotent = IdempotentRequest.of(
+        session,
+        user_id=user.id,
+        key=idempotency_key,
+        method="POST",
+        path=f"/api/videos/{video_id}/remix",
+        body=body,
+    )
+    if idempotent is not None and (replay := await idempotent.claim()) is not None:
+        return replay
+    source = await service.get_own(session, user_id=user.id, video_id=video_id)
+    service.check_remix(context.catalog, source)
+    fields = VideoCreate.model_validate(
+        {
+            "prompt": body.prompt,
+            "model": source.model,
+            "seconds": source.seconds,
+            "size": source.size,
+        }
+    )
+    return await _create(context, session, user.id, fields, idempotent=idempotent, remix_of=source)
 
 
 def _sse(event: str, data: dict[str, object]) -> bytes:

@@ -33,6 +33,12 @@ class VideoCreate(Input):
     )
 
 
+class RemixCreate(Input):
+    prompt: Annotated[str, Field(min_length=1, max_length=PROMPT_MAX_CHARS)] = Field(
+        description="The new words: what should change in the video"
+    )
+
+
 class VideoOut(Output):
     id: str
     prompt: str

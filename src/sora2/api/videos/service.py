@@ -79,6 +79,35 @@ def check_image_input(catalog: Catalog, model: Model) -> None:
     )
 
 
+def check_remix(catalog: Catalog, source: Video) -> None:
+    """A remix needs a completed source whose model offers remixing; else a 4xx saying why."""
+    if source.status != "completed":
+        raise ApiError(
+            409,
+            "Conflict",
+            f"This video is {source.status}: only a completed video can be remixed.",
+            details={"status": source.status},
+        )
+    model = catalog.get(source.model)
+    if model is None:
+        raise ApiError(
+            422,
+            "Validation Error",
+            f"{source.model} is no longer offered, so its videos cannot be remixed; make a new "
+            "video with one of the models on offer.",
+            details={"model": source.model, "allowed": list(catalog.models)},
+        )
+    if not model.remix:
+        remixable = [m.id for m in catalog.models.values() if m.remix]
+        which = f" ({', '.join(remixable)} can)" if remixable else ""
+        raise ApiError(
+            422,
+            "Validation Error",
+            f"{model.id} does not offer remix{which}; regenerate or make a new video instead.",
+            details={"model": model.id, "allowed": remixable},
+        )
+
+
 async def create(
     session: AsyncSession,
     *,
