@@ -169,8 +169,13 @@ def _spoken(items: Sequence[object]) -> str:
     return f"{', '.join(words[:-1])} or {words[-1]}"
 
 
-def load_catalog(settings: Settings, environ: Mapping[str, str] | None = None) -> Catalog:
-    """The catalog `settings` describe, or `CatalogError` listing every problem."""
+def load_catalog(
+    settings: Settings, environ: Mapping[str, str] | None = None, *, need_keys: bool = True
+) -> Catalog:
+    """The catalog `settings` describe, or `CatalogError` listing every problem.
+
+    `need_keys=False` is for the web, which shows the catalog but never calls a provider: it
+    may run without the providers' keys in its environment."""
     environ = _environment() if environ is None else environ
     if settings.models_file is None:
         return _built_in(settings)
@@ -193,7 +198,7 @@ def load_catalog(settings: Settings, environ: Mapping[str, str] | None = None) -
         raise CatalogError([f"MODELS_FILE: cannot read {source} ({error})"], source) from None
     except tomllib.TOMLDecodeError as error:
         raise CatalogError([f"not valid TOML: {error}"], source) from None
-    return parse_catalog(document, environ, source=source)
+    return parse_catalog(document, environ, source=source, need_keys=need_keys)
 
 
 def catalog_problems(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
@@ -254,7 +259,11 @@ def _built_in(settings: Settings) -> Catalog:
 
 
 def parse_catalog(
-    document: Mapping[str, Any], environ: Mapping[str, str], *, source: str = "MODELS_FILE"
+    document: Mapping[str, Any],
+    environ: Mapping[str, str],
+    *,
+    source: str = "MODELS_FILE",
+    need_keys: bool = True,
 ) -> Catalog:
     """A catalog from a parsed TOML document; `CatalogError` with every problem found."""
     problems: list[str] = []
@@ -263,7 +272,7 @@ def parse_catalog(
             problems.append(
                 f"{key}: not a catalog key; the file has [providers.NAME] and [[models]]"
             )
-    providers = _parse_providers(document.get("providers", {}), environ, problems)
+    providers = _parse_providers(document.get("providers", {}), environ, problems, need_keys)
     models = _parse_models(document.get("models"), providers, problems)
     if problems:
         raise CatalogError(problems, source)
@@ -271,7 +280,7 @@ def parse_catalog(
 
 
 def _parse_providers(
-    table: object, environ: Mapping[str, str], problems: list[str]
+    table: object, environ: Mapping[str, str], problems: list[str], need_keys: bool
 ) -> dict[str, Provider]:
     providers = {LOCAL: Provider(name=LOCAL, kind="local")}
     if not isinstance(table, dict):
@@ -288,14 +297,18 @@ def _parse_providers(
         if not PROVIDER_NAME_PATTERN.match(name):
             problems.append(f"{where}: a name is 1 to 32 letters, digits, '-' or '_'")
             continue
-        provider = _parse_provider(name, entry, environ, problems)
+        provider = _parse_provider(name, entry, environ, problems, need_keys)
         if provider is not None:
             providers[name] = provider
     return providers
 
 
 def _parse_provider(
-    name: str, entry: dict[str, Any], environ: Mapping[str, str], problems: list[str]
+    name: str,
+    entry: dict[str, Any],
+    environ: Mapping[str, str],
+    problems: list[str],
+    need_keys: bool,
 ) -> Provider | None:
     where = f"providers.{name}"
     before = len(problems)
@@ -323,7 +336,7 @@ def _parse_provider(
         )
     else:
         keys = tuple(key.strip() for key in environ.get(env_name, "").split(",") if key.strip())
-        if not keys:
+        if not keys and need_keys:
             problems.append(
                 f"{where}.api_keys_env: {env_name} is unset or empty; set it to the provider's "
                 "key (or several, comma-separated)"

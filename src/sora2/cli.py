@@ -35,19 +35,20 @@ def settings_or_exit() -> Settings:
         raise CommandExit(str(error)) from None
 
 
-def catalog_or_exit(settings: Settings) -> None:
-    """Every service reads the model catalog: a broken one stops it at start, one line a problem."""
+def catalog_or_exit(settings: Settings, *, need_keys: bool = True) -> None:
+    """Every service reads the model catalog: a broken one stops it at start, one line a problem.
+    (The web shows the catalog but calls no provider, so it does not need their keys.)"""
     from sora2.catalog import CatalogError, load_catalog
 
     try:
-        load_catalog(settings)
+        load_catalog(settings, need_keys=need_keys)
     except CatalogError as error:
         raise CommandExit(str(error)) from None
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = settings_or_exit()
-    catalog_or_exit(settings)
+    catalog_or_exit(settings, need_keys=args.service != "web")
     if args.service == "api":
         from sora2.api.server import serve as serve_api
 

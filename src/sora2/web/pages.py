@@ -193,7 +193,7 @@ def add_pages(app: web.Application, settings: Settings) -> None:
         static_version(),
         # The same catalog the api charges by (`sora2.catalog`); the generate page also prefers
         # what the api itself answers, should the two processes be configured apart.
-        catalog=load_catalog(settings),
+        catalog=load_catalog(settings, need_keys=False),
         signup_credits=settings.signup_credits,
         # In development a template edit shows on the next request; elsewhere pages render once.
         cache=not settings.is_development,
