@@ -63,7 +63,7 @@ def main() -> None:
         out = workdir / "callgrind.out"
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
         server = Server(
-            "api", [*command, sys.executable, "-m", "sora2", "serve", "api"], 1,
+            "api", [*command, sys.executable, "-m", "sora2", "serve", "api", "--workers", "1"], 1,
             workdir / "api.log", env,
         )  # fmt: skip
         server.start()

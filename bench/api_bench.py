@@ -129,7 +129,11 @@ def _api(database_url: str, workdir: Path, **extra: str) -> Iterator[tuple[str, 
     env = api_environment(database_url, workdir, port) | extra
     _sora2("db", "upgrade", env=env)
     server = Server(
-        "api", [sys.executable, "-m", "sora2", "serve", "api"], 1, workdir / "api.out", env
+        "api",
+        [sys.executable, "-m", "sora2", "serve", "api", "--workers", "1"],
+        1,
+        workdir / "api.out",
+        env,
     )
     server.start()
     try:

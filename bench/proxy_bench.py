@@ -200,7 +200,7 @@ def proxy_base_url(port: int) -> str:
 def sora2_server(workdir: Path, port: int, backend_url: str) -> Server:
     return Server(
         OURS,
-        python_module("sora2", "serve", "web"),
+        python_module("sora2", "serve", "web", "--workers", "1"),
         cpu=SERVER_CPU,
         log_path=workdir / f"sora2-web-{port}.console.log",
         env=production_web_env(workdir, port, backend_url),

@@ -270,6 +270,9 @@ class Settings(BaseSettings):
     sse_poll_interval_ms: int = Field(
         1_000, ge=10, le=60_000, validation_alias=_aliases("SSE_POLL_INTERVAL_MS")
     )
+    sse_heartbeat_seconds: float = Field(
+        15.0, ge=0.05, le=300, validation_alias=_aliases("SSE_HEARTBEAT_SECONDS")
+    )
 
     @field_validator("models_file", mode="before")
     @classmethod

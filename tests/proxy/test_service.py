@@ -46,7 +46,7 @@ def start_web(tmp_path: Path) -> Iterator[object]:
             **env,
         }
         process = subprocess.Popen(
-            [sys.executable, "-m", "sora2", "serve", "web"],
+            [sys.executable, "-m", "sora2", "serve", "web", "--workers", "1"],
             env=environment,
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,

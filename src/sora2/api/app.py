@@ -42,6 +42,7 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
         await prepare_schema(context.database, apply=not settings.is_production)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(context.database.dispose)
+            await stack.enter_async_context(context.live.running())
             context.provider = provider or _provider_for_health(context)
             if provider is None and context.provider is not None:
                 stack.push_async_callback(context.provider.close)

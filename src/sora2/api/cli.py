@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from sora2.cli import CommandExit, Commands, settings_or_exit
+from sora2.commands import CommandExit, Commands, settings_or_exit
 
 T = TypeVar("T")
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sora2.api.auth.client_ip import ClientAddress
 from sora2.api.auth.ratelimit import RateLimiter
 from sora2.api.auth.security import AccessTokens, Passwords
 from sora2.api.db import Database
 from sora2.api.events import VideoEvents
+from sora2.api.live import LiveProgress
 from sora2.api.metrics import ApiMetrics
 from sora2.api.providers.base import VideoProvider
 from sora2.api.storage import LocalStorage, Storage
@@ -26,15 +27,19 @@ class ApiContext:
     client_address: ClientAddress
     storage: Storage
     catalog: Catalog
-    events: VideoEvents = field(default_factory=VideoEvents)
-    metrics: ApiMetrics = field(default_factory=ApiMetrics)
+    live: LiveProgress
+    events: VideoEvents
+    metrics: ApiMetrics
     provider: VideoProvider | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, database: Database | None = None) -> ApiContext:
+        database = database or Database(settings.resolved_database_url)
+        events, metrics = VideoEvents(), ApiMetrics()
+        metrics.count_statements(database)
         return cls(
             settings=settings,
-            database=database or Database(settings.resolved_database_url),
+            database=database,
             passwords=Passwords(memory_kib=settings.password_hash_memory_kib),
             tokens=AccessTokens(
                 secret=settings.resolved_jwt_secret(),
@@ -44,6 +49,15 @@ class ApiContext:
             client_address=ClientAddress(settings.proxy_trusted_proxies),
             storage=media_storage(settings),
             catalog=load_catalog(settings),
+            live=LiveProgress(
+                database,
+                events,
+                poll_interval=settings.sse_poll_interval_ms / 1000,
+                heartbeat=settings.sse_heartbeat_seconds,
+                metrics=metrics,
+            ),
+            events=events,
+            metrics=metrics,
         )
 
 

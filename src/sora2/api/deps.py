@@ -168,3 +168,11 @@ async def get_caller(request: Request, context: Context, connection: ReadConnect
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+async def get_session_id(request: Request, context: Context) -> str:
+    """The id of the sign-in session the caller's token names (after `CallerDep` checked it)."""
+    return _claims(request, context)["session_id"]
+
+
+SessionId = Annotated[str, Depends(get_session_id)]

@@ -1,35 +1,26 @@
-"""An in-process wake-up for `/events` streams when this process changes a video.
+"""Changes to videos made in this process, told at once to whoever listens.
 
-Streams still poll the database at a modest interval (another process may run the worker); this
-only lets them answer at once when the change happened here (the embedded worker, a cancel).
+The worker (embedded or not) and the routes that cancel or delete call `notify` after their
+change is committed. The live-progress poller (`sora2.api.live`) listens: a change here wakes the
+watchers of that video without waiting for the next poll. Changes made by other processes reach
+it through PostgreSQL's NOTIFY, or through the poll itself on SQLite.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import defaultdict
+from collections.abc import Callable
+
+Listener = Callable[[str], None]
 
 
 class VideoEvents:
     def __init__(self) -> None:
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        """`listener(video_id)` runs, synchronously, at every `notify`: keep it short."""
+        self._listeners.append(listener)
 
     def notify(self, video_id: str) -> None:
-        for event in self._waiters.get(video_id, ()):
-            event.set()
-
-    async def wait(self, video_id: str, timeout: float) -> None:
-        """Returns when `video_id` changes here, or after `timeout` seconds."""
-        event = asyncio.Event()
-        self._waiters[video_id].add(event)
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            pass
-        finally:
-            waiters = self._waiters.get(video_id)
-            if waiters is not None:
-                waiters.discard(event)
-                if not waiters:
-                    del self._waiters[video_id]
+        for listener in self._listeners:
+            listener(video_id)

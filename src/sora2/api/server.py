@@ -1,15 +1,17 @@
-"""Runs the api under uvicorn."""
+"""Runs the api under uvicorn: one process, or several on one port (`--workers N`)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
 
 from sora2.api.app import create_app
 from sora2.logs import configure_logging
+from sora2.serving import run_copies
 from sora2.settings import Settings
 
 # Longer than the proxy's pooled keep-alive (4 s) so the api never closes a connection the proxy
@@ -17,11 +19,14 @@ from sora2.settings import Settings
 KEEP_ALIVE_SECONDS = 75
 
 
+class RefusedToStart(Exception):
+    """The api will not start as configured; the message says why and what to run."""
+
+
 def _refuse_pending_migrations(settings: Settings) -> None:
     """Production never migrates on its own: say which command does, before binding the port."""
     from sora2.api.db import Database
     from sora2.api.db.migrate import PendingMigrations, prepare_schema
-    from sora2.cli import CommandExit
 
     async def check() -> None:
         database = Database(settings.resolved_database_url)
@@ -33,7 +38,7 @@ def _refuse_pending_migrations(settings: Settings) -> None:
     try:
         asyncio.run(check())
     except PendingMigrations as error:
-        raise CommandExit(f"refusing to start: {error}", 1) from None
+        raise RefusedToStart(f"refusing to start: {error}") from None
 
 
 def _exit_after_graceful_shutdown(signum: int, _frame: FrameType | None) -> None:
@@ -42,12 +47,24 @@ def _exit_after_graceful_shutdown(signum: int, _frame: FrameType | None) -> None
     raise SystemExit(0)
 
 
-def serve(settings: Settings) -> None:
-    configure_logging("api", level=settings.log_level, log_dir=settings.log_dir)
+def serve(settings: Settings, *, workers: int = 1) -> int:
+    """Serves the api until SIGTERM/SIGINT; `workers` processes share the port (SO_REUSEPORT).
+    Raises `RefusedToStart` before binding anything when production has pending migrations."""
     if settings.is_production:
         _refuse_pending_migrations(settings)
+
+    def serve_one(sock: socket.socket | None, number: int) -> None:
+        _serve_process(settings, sock, log_name=f"api-{number}" if number else "api")
+
+    return run_copies(
+        serve_one, host=settings.api_host, port=settings.api_port, count=workers, name="api"
+    )
+
+
+def _serve_process(settings: Settings, sock: socket.socket | None, *, log_name: str) -> None:
+    configure_logging(log_name, level=settings.log_level, log_dir=settings.log_dir)
     signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.api_host,
         port=settings.api_port,
@@ -58,3 +75,4 @@ def serve(settings: Settings) -> None:
         loop="uvloop",
         http="httptools",
     )
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)

@@ -7,7 +7,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sora2.cli import CommandExit, Commands, settings_or_exit
+from sora2.commands import CommandExit, Commands, settings_or_exit
 from sora2.devstack.console import wants_colour
 from sora2.devstack.launcher import SERVICES, LaunchError, LaunchOptions, launch
 

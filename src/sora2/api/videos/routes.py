@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
@@ -18,13 +17,21 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
+from sora2.api import live
 from sora2.api.context import ApiContext
-from sora2.api.deps import CallerDep, Context, CurrentUser, ReadConnection, SessionDep
+from sora2.api.deps import (
+    CallerDep,
+    Context,
+    CurrentUser,
+    ReadConnection,
+    SessionDep,
+    SessionId,
+)
 from sora2.api.errors import ERROR_RESPONSES, ApiError
 from sora2.api.idempotency.service import IdempotencyKeyHeader, IdempotentRequest
 from sora2.api.schemas import PageNumber, PageSize
 from sora2.api.videos import images, service
-from sora2.api.videos.models import FINAL_STATUSES, Video
+from sora2.api.videos.models import Video
 from sora2.api.videos.schemas import (
     RemixCreate,
     VideoCreate,
@@ -44,7 +51,6 @@ CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
 STATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: ERROR_RESPONSES[400] | {"description": "Not possible in this state"}
 }
-SSE_KEEPALIVE_SECONDS = 15.0
 
 
 class _MultipartSeen(BaseModel):
@@ -363,52 +369,47 @@ async def remix_video(
     return await _create(context, session, user.id, fields, idempotent=idempotent, remix_of=source)
 
 
-def _sse(event: str, data: dict[str, object]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
-
-
-async def _video_events(context: ApiContext, user_id: str, video_id: str) -> AsyncIterator[bytes]:
-    interval = context.settings.sse_poll_interval_ms / 1000
-    last: tuple[str, int] | None = None
-    idle = 0.0
-    while True:
-        async with context.database.read_session() as session:
-            video = await session.get(Video, video_id)
-            snapshot = (
-                VideoOut.model_validate(video).model_dump(mode="json", by_alias=True)
-                if video
-                else None
-            )
-        if snapshot is None or video is None or video.user_id != user_id:
-            yield _sse("deleted", {"id": video_id})
-            return
-        state = (snapshot["status"], snapshot["progress"])
-        if state != last:
-            last, idle = state, 0.0
-            yield _sse("progress", snapshot)
-        if snapshot["status"] in FINAL_STATUSES:
-            yield _sse("done", snapshot)
-            return
-        idle += interval
-        if idle >= SSE_KEEPALIVE_SECONDS:
-            idle = 0.0
-            yield b": keep-alive\n\n"
-        await context.events.wait(video_id, interval)
+async def _read_started() -> float:
+    # Listed before the caller's dependencies: on SQLite the read connection's snapshot dates
+    # from its first query, the caller check, and the poller must know how old this read is.
+    return live.clock()
 
 
 @router.get(
     "/{video_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"},
+        204: {"description": "`Last-Event-ID` names the `done` event: nothing more will come"},
+    },
 )
 async def video_events(
-    video_id: str, caller: CallerDep, context: Context, connection: ReadConnection
-) -> StreamingResponse:
-    """Server-sent events: `progress` at every status or progress change, `done` at the end."""
-    await service.read_own(connection, user_id=caller.id, video_id=video_id)
+    video_id: str,
+    read_at: Annotated[float, Depends(_read_started)],
+    caller: CallerDep,
+    session_id: SessionId,
+    context: Context,
+    connection: ReadConnection,
+    last_event_id: Annotated[
+        str | None, Header(description="the `id` of the last event received, to resume")
+    ] = None,
+) -> Response:
+    """Server-sent events: `progress` at every status or progress change, `done` at the end
+    (`deleted` if the video goes). Each event's `id` names the state; reconnecting with
+    `Last-Event-ID` sends the current state only if it differs. An idle stream sends a comment
+    every `SSE_HEARTBEAT_SECONDS`."""
+    video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
     await connection.close()  # the stream opens short sessions of its own; hold no connection
+    if live.already_delivered(video, last_event_id):
+        return Response(status_code=204)
     return StreamingResponse(
-        _video_events(context, caller.id, video_id),
+        context.live.stream(
+            video,
+            read_at=read_at,
+            user_id=caller.id,
+            session_id=session_id,
+            last_event_id=last_event_id,
+        ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

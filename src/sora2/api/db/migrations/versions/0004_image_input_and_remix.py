@@ -1,7 +1,7 @@
 """videos: the reference image a video started from, and the video it remixes
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0007
 Create Date: 2026-12-05 09:10:00
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
