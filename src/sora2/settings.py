@@ -162,7 +162,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _openai_needs_a_key(self) -> Settings:
-        if self.video_provider == "openai" and not self.openai_api_keys:
+        # With MODELS_FILE the catalog names its providers and their key variables itself.
+        if self.video_provider == "openai" and not self.openai_api_keys and not self.models_file:
             raise ValueError(
                 "VIDEO_PROVIDER=openai needs at least one key: set OPENAI_API_KEYS "
                 "(comma-separated) or OPENAI_API_KEY, or use VIDEO_PROVIDER=local"

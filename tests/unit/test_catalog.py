@@ -269,3 +269,13 @@ def test_doctor_reports_the_same_lines(tmp_path: Path) -> None:
             'each), e.g. "1280x720"',
         )
     ]
+
+
+def test_a_catalog_file_needs_no_openai_key_whatever_video_provider_says(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path, DESIGN_CATALOG)
+
+    settings = load_settings(
+        app_env="test", video_provider="openai", openai_api_keys="", models_file=path
+    )
+
+    assert [m.provider for m in load_catalog(settings, GATEWAY_ENV).models.values()] == ["gateway"]

@@ -113,6 +113,9 @@ async def _create(
     return created
 
 
+_FORM_FIELDS_ALLOWANCE = 64 * 1024  # multipart boundaries, headers and the text fields
+
+
 def _invalid_body(error: ValidationError) -> RequestValidationError:
     """pydantic's complaint about a body we parsed ourselves, answered like FastAPI's own."""
     return RequestValidationError(
@@ -150,6 +153,10 @@ async def _create_input(request: Request, max_bytes: int) -> tuple[VideoCreate, 
 
 
 async def _form_input(request: Request, max_bytes: int) -> tuple[VideoCreate, bytes | None]:
+    # Refused before the parser spools the body to disk: the image plus room for the fields.
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + _FORM_FIELDS_ALLOWANCE:
+        images.check_size(int(declared) - _FORM_FIELDS_ALLOWANCE, max_bytes)
     try:
         form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
     except (MultiPartException, HTTPException) as error:
