@@ -440,3 +440,38 @@ async def test_a_remix_is_asked_of_the_source_video_upstream(
     assert call.form == {"prompt": "the same market in the rain"}
     assert gateway.fake.videos[job_id].remixed_from == source
     assert (await poll_until_final(provider, job_id))[-1].status == "completed"
+
+
+async def test_a_create_answered_without_an_id_is_final_and_not_asked_again() -> None:
+    from aiohttp import web
+
+    creates: list[str] = []
+
+    async def create(request: web.Request) -> web.Response:
+        creates.append(request.path)
+        return web.json_response({"object": "video", "status": "queued"})
+
+    async def retrieve(_request: web.Request) -> web.Response:
+        return web.Response(text="<html>gateway error page</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_post("/v1/videos", create)
+    app.router.add_get("/v1/videos/{video_id}", retrieve)
+    server = await start_app(app)
+    provider = OpenAIProvider(api_keys=KEYS, base_url=f"{server.url}/v1", timeout_seconds=5)
+    try:
+        made = await expect_error(provider.start(request_for_model("any")))
+        status = await expect_error(provider.status("video_1"))
+    finally:
+        await provider.close()
+        await server.stop()
+
+    # A 200 without an id may still be a paid generation: never retried into a second one.
+    assert (made.kind, made.code) == (ErrorKind.FINAL, "invalid_response")
+    assert creates == ["/v1/videos"]
+    # An unreadable status answer is only a bad moment: asked again later.
+    assert (status.kind, status.code) == (ErrorKind.TRANSIENT, "invalid_response")
+
+
+def request_for_model(model: str) -> GenerationRequest:
+    return GenerationRequest(prompt=PROMPT, model=model, seconds=4, size="1280x720")

@@ -317,10 +317,18 @@ def _answer_json(text: str) -> dict[str, Any]:
 
 
 def _video_id(text: str) -> str:
-    video_id = _answer_json(text).get("id")
+    """The id a create (or remix) answered. Without one the server may still have started a
+    paid generation, so this is final, not retried: a retry could pay for it twice."""
+    try:
+        video_id = _answer_json(text).get("id")
+    except ProviderError:
+        video_id = None
     if not isinstance(video_id, str) or not video_id:
         raise ProviderError(
-            ErrorKind.TRANSIENT, "invalid_response", "the provider's answer had no video id"
+            ErrorKind.FINAL,
+            "invalid_response",
+            "the provider accepted the request but named no video id; not retried, so as not "
+            "to pay for it twice",
         )
     return video_id
 
