@@ -273,7 +273,11 @@ def parse_catalog(
                 f"{key}: not a catalog key; the file has [providers.NAME] and [[models]]"
             )
     providers = _parse_providers(document.get("providers", {}), environ, problems, need_keys)
-    models = _parse_models(document.get("models"), providers, problems)
+    table = document.get("providers")
+    # A provider that failed its own check is still declared: its models are not told it is
+    # unknown on top of the lines that say what is wrong with it.
+    declared = set(table) if isinstance(table, dict) else set()
+    models = _parse_models(document.get("models"), providers, declared, problems)
     if problems:
         raise CatalogError(problems, source)
     return Catalog(providers=providers, models=models, source=source)
@@ -353,7 +357,10 @@ def _parse_provider(
 
 
 def _parse_models(
-    entries: object, providers: Mapping[str, Provider], problems: list[str]
+    entries: object,
+    providers: Mapping[str, Provider],
+    declared: set[str],
+    problems: list[str],
 ) -> dict[str, Model]:
     if entries is None:
         problems.append("models: the file declares no model; add at least one [[models]] table")
@@ -365,7 +372,7 @@ def _parse_models(
         problems.append("models: the list is empty; add at least one [[models]] table")
     models: dict[str, Model] = {}
     for number, entry in enumerate(entries, start=1):
-        model = _parse_model(number, entry, providers, problems)
+        model = _parse_model(number, entry, providers, declared, problems)
         if model is None:
             continue
         if model.id in models:
@@ -376,7 +383,11 @@ def _parse_models(
 
 
 def _parse_model(
-    number: int, entry: dict[str, Any], providers: Mapping[str, Provider], problems: list[str]
+    number: int,
+    entry: dict[str, Any],
+    providers: Mapping[str, Provider],
+    declared: set[str],
+    problems: list[str],
 ) -> Model | None:
     model_id = entry.get("id")
     where = f"models[{number}]" + (f" ({model_id})" if isinstance(model_id, str) else "")
@@ -394,10 +405,11 @@ def _parse_model(
         problems.append(f"{where}.name: must be a short text (1 to 80 characters)")
     provider_name = entry.get("provider")
     provider = providers.get(provider_name) if isinstance(provider_name, str) else None
-    if provider is None:
-        declared = ", ".join(repr(p) for p in providers)
+    broken_provider = provider is None and provider_name in declared
+    if provider is None and not broken_provider:
+        usable = ", ".join(repr(p) for p in providers)
         problems.append(
-            f"{where}.provider: {provider_name!r} is not a provider; use one of {declared} "
+            f"{where}.provider: {provider_name!r} is not a provider; use one of {usable} "
             "or declare it under [providers.NAME]"
         )
     upstream = entry.get("upstream_model", model_id)
@@ -416,7 +428,7 @@ def _parse_model(
         if not isinstance(value, bool):
             problems.append(f"{where}.{flag}: {value!r} must be true or false")
         flags[flag] = bool(value)
-    if len(problems) > before:
+    if len(problems) > before or broken_provider:
         return None
     return Model(
         id=str(model_id),
