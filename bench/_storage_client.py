@@ -89,7 +89,7 @@ async def _obstore(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _aioboto3(args: argparse.Namespace) -> dict[str, Any]:
-    import aioboto3  # type: ignore[import-untyped]
+    import aioboto3
     from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
 
     size = Path(args.file).stat().st_size

@@ -171,7 +171,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _openai_needs_a_key(self) -> Settings:
-        if self.video_provider == "openai" and not self.openai_api_keys:
+        # With MODELS_FILE the catalog names its providers and their key variables itself.
+        if self.video_provider == "openai" and not self.openai_api_keys and not self.models_file:
             raise ValueError(
                 "VIDEO_PROVIDER=openai needs at least one key: set OPENAI_API_KEYS "
                 "(comma-separated) or OPENAI_API_KEY, or use VIDEO_PROVIDER=local"
@@ -234,9 +235,16 @@ class Settings(BaseSettings):
     signup_credits: int = Field(
         100, ge=0, le=1_000_000, validation_alias=_aliases("SIGNUP_CREDITS")
     )
+    # Overrides of the built-in catalog's prices (`sora2.catalog`); MODELS_FILE prices its own.
     video_prices: Annotated[dict[str, int], NoDecode] = Field(
-        default_factory=lambda: {"sora-2": 1, "sora-2-pro": 3},
-        validation_alias=_aliases("VIDEO_PRICES"),
+        default_factory=dict, validation_alias=_aliases("VIDEO_PRICES")
+    )
+    models_file: Path | None = Field(None, validation_alias=_aliases("MODELS_FILE"))
+    input_reference_max_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        le=100 * 1024 * 1024,
+        validation_alias=_aliases("INPUT_REFERENCE_MAX_BYTES"),
     )
     access_token_ttl_seconds: int = Field(
         900, ge=10, le=86_400, validation_alias=_aliases("ACCESS_TOKEN_TTL_SECONDS")
@@ -328,6 +336,11 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} must be an address such as 'Sora2 <no-reply@example.com>'")
         return value.strip()
 
+    @field_validator("models_file", mode="before")
+    @classmethod
+    def _unset_when_blank(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("video_prices", mode="before")
     @classmethod
     def _price_table(cls, value: object) -> object:
@@ -346,10 +359,7 @@ class Settings(BaseSettings):
 
     @field_validator("video_prices")
     @classmethod
-    def _prices_cover_models(cls, value: dict[str, int]) -> dict[str, int]:
-        missing = {"sora-2", "sora-2-pro"} - value.keys()
-        if missing:
-            raise ValueError(f"needs a price for {', '.join(sorted(missing))}")
+    def _prices_not_negative(cls, value: dict[str, int]) -> dict[str, int]:
         if any(price < 0 for price in value.values()):
             raise ValueError("prices cannot be negative")
         return value

@@ -1,5 +1,5 @@
 """The api's commands: `sora2 db upgrade|check`, the worker process, and `sora2 user create|list|
-set-role|ban|unban|credits add` (their work is in `sora2.api.users.commands`)."""
+set-role|ban|unban|credits add`, `sora2 models` (their work is in `sora2.api.users.commands`)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,11 @@ def register(commands: Commands) -> None:
     create.add_argument("--admin", action="store_true", help="give the account the admin role")
     create.set_defaults(handler=_user_create)
     _register_user_admin(user_commands)
+
+    models = commands.add_parser(
+        "models", help="list the model catalog and ask each provider whether it answers"
+    )
+    models.set_defaults(handler=_models)
 
 
 def _register_user_admin(user_commands: Commands) -> None:
@@ -86,6 +91,25 @@ def serve_worker(_args: argparse.Namespace) -> int:
     except PendingMigrations as error:
         raise CommandExit(str(error), 1) from None
     return 0
+
+
+def _models(_args: argparse.Namespace) -> int:
+    """`sora2 models`: exit 1 when the catalog is invalid or a provider does not answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sora2.api.catalog.probe import describe, probe
+    from sora2.catalog import CatalogError, load_catalog
+
+    settings = settings_or_exit()
+    try:
+        catalog = load_catalog(settings)
+    except CatalogError as error:
+        raise CommandExit(str(error), 1) from None
+    providers = catalog.used_providers()
+    with ThreadPoolExecutor(max_workers=max(1, len(providers))) as pool:
+        answers = dict(zip((p.name for p in providers), pool.map(probe, providers), strict=True))
+    print("\n".join(describe(catalog, answers)))
+    return 0 if all(answer.ok for answer in answers.values()) else 1
 
 
 def _db_upgrade(_args: argparse.Namespace) -> int:

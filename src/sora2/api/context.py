@@ -14,6 +14,7 @@ from sora2.api.mail import Mailer
 from sora2.api.metrics import ApiMetrics
 from sora2.api.providers.base import VideoProvider
 from sora2.api.storage import Storage
+from sora2.catalog import Catalog, load_catalog
 from sora2.settings import Settings
 
 
@@ -27,6 +28,7 @@ class ApiContext:
     client_address: ClientAddress
     storage: Storage
     mailer: Mailer
+    catalog: Catalog
     live: LiveProgress
     events: VideoEvents
     metrics: ApiMetrics
@@ -49,6 +51,7 @@ class ApiContext:
             client_address=ClientAddress(settings.proxy_trusted_proxies),
             storage=media_storage(settings),
             mailer=Mailer.from_settings(settings),
+            catalog=load_catalog(settings),
             live=LiveProgress(
                 database,
                 events,

@@ -51,6 +51,7 @@ def diagnose() -> list[Finding]:
     findings.extend(check_folders(settings))
     findings.extend(check_storage(settings, settings_valid=settings_valid))
     findings.append(check_open_files(settings))
+    findings.extend(check_catalog(settings, settings_valid=settings_valid))
     findings.extend(check_provider(settings, settings_valid=settings_valid))
     findings.extend(check_mail(settings))
     return findings
@@ -612,6 +613,8 @@ def check_storage(settings: Settings, *, settings_valid: bool) -> list[Finding]:
 
 
 def check_provider(settings: Settings, *, settings_valid: bool) -> list[Finding]:
+    if settings.models_file is not None and settings_valid:
+        return []  # the catalog's providers were described with it
     if not settings_valid:
         # The settings may have been relaxed to the local provider just to check the rest.
         return [
@@ -678,6 +681,47 @@ def check_mail(settings: Settings) -> list[Finding]:
             "set SMTP_URL and MAIL_FROM to send real mail",
         )
     ]
+
+
+def check_catalog(settings: Settings, *, settings_valid: bool) -> list[Finding]:
+    """The model catalog, checked as the services check it at start: one line per problem."""
+    if not settings_valid:
+        return []
+    from sora2.catalog import CatalogError, load_catalog
+
+    try:
+        catalog = load_catalog(settings)
+    except CatalogError as error:
+        fix = (
+            "edit MODELS_FILE as docs/models.md shows"
+            if settings.models_file
+            else ("correct VIDEO_PRICES (docs/configuration.md)")
+        )
+        return [Finding("model catalog", "fail", problem, fix) for problem in error.problems]
+    models = ", ".join(catalog.models)
+    findings = [
+        Finding(
+            "model catalog", "ok", f"{len(catalog.models)} model(s) from {catalog.source}: {models}"
+        )
+    ]
+    if settings.models_file is None:
+        return findings
+    for provider in catalog.used_providers():
+        if provider.kind == "local":
+            findings.append(Finding(f"provider {provider.name}", "ok", "local renderer"))
+            continue
+        detail = f"{provider.base_url}, {len(provider.keys)} key(s) from {provider.api_keys_env}"
+        findings.append(Finding(f"provider {provider.name}", "ok", detail))
+        if "api.openai.com" in (provider.base_url or "") and _today() >= OPENAI_VIDEOS_SHUTDOWN:
+            findings.append(
+                Finding(
+                    f"provider {provider.name}",
+                    "warn",
+                    "api.openai.com's Videos API shut down on 24 September 2026",
+                    "point base_url at a gateway speaking the same /videos contract",
+                )
+            )
+    return findings
 
 
 def _today() -> date:

@@ -21,15 +21,11 @@ import jinja2
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from sora2.catalog import PROMPT_MAX_CHARS, Catalog, load_catalog
 from sora2.settings import Settings
 
 TEMPLATES_DIR = Path(str(resources.files("sora2.web") / "templates"))
 STATIC_DIR = Path(str(resources.files("sora2.web") / "static"))
-
-MODELS = ("sora-2", "sora-2-pro")
-SECONDS = (4, 8, 12)
-SIZES = ("1280x720", "720x1280", "1024x1792", "1792x1024")
-PROMPT_MAX_CHARS = 2000
 
 _CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -56,6 +52,7 @@ PAGES: dict[str, Page] = {
     "/register": Page("register.html", "Create your account", "register"),
     "/forgot-password": Page("forgot_password.html", "Forgot your password", "forgot-password"),
     "/reset-password": Page("reset_password.html", "Choose a new password", "reset-password"),
+    "/pricing": Page("pricing.html", "Pricing", "pricing"),
     "/generate": Page("generate.html", "Generate a video", "generate", signed_in_only=True),
     "/gallery": Page("gallery.html", "Your videos", "gallery", signed_in_only=True),
     "/profile": Page("profile.html", "Your profile", "profile", signed_in_only=True),
@@ -103,21 +100,19 @@ class PageRenderer:
         environment: jinja2.Environment,
         version: str,
         *,
-        credits_per_second: dict[str, int],
+        catalog: Catalog,
         signup_credits: int,
         cache: bool = True,
     ) -> None:
         self.environment = environment
         self.cache = cache
         self.version = version
-        self.credits_per_second = credits_per_second
+        self.catalog = catalog
         self.signup_credits = signup_credits
         self.choices = json.dumps(
             {
-                "models": list(MODELS),
-                "seconds": list(SECONDS),
-                "sizes": list(SIZES),
-                "creditsPerSecond": self.credits_per_second,
+                "models": catalog.public(),
+                "creditsPerSecond": catalog.prices(),
                 "promptMaxChars": PROMPT_MAX_CHARS,
                 "signupCredits": signup_credits,
             }
@@ -149,11 +144,9 @@ class PageRenderer:
             signed_in_only=page.signed_in_only,
             version=self.version,
             choices=self.choices,
-            models=MODELS,
-            seconds=SECONDS,
-            sizes=SIZES,
+            models=list(self.catalog.models.values()),
+            default_model=self.catalog.default,
             prompt_max=PROMPT_MAX_CHARS,
-            credits_per_second=self.credits_per_second,
             signup_credits=self.signup_credits,
             **context,
         )
@@ -221,9 +214,9 @@ def add_pages(app: web.Application, settings: Settings) -> None:
     app[RENDERER_KEY] = PageRenderer(
         create_environment(),
         static_version(),
-        # The same settings the api charges by; the generate page also prefers the table the
-        # api sends with the balance, should the two processes be configured apart.
-        credits_per_second=dict(settings.video_prices),
+        # The same catalog the api charges by (`sora2.catalog`); the generate page also prefers
+        # what the api itself answers, should the two processes be configured apart.
+        catalog=load_catalog(settings, need_keys=False),
         signup_credits=settings.signup_credits,
         # In development a template edit shows on the next request; elsewhere pages render once.
         cache=not settings.is_development,

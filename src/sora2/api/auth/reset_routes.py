@@ -38,10 +38,10 @@ async def forgot_password(
     """Mail a reset link to the account with this email, if there is one. The answer (body,
     status and time) is the same either way; limited per email and per address."""
     settings = context.settings
-    context.limiter.check_and_record(
+    await context.limiter.check_and_record(
         f"forgot:ip:{ip}", settings.forgot_limit_per_ip, "reset requests from your address"
     )
-    context.limiter.check_and_record(
+    await context.limiter.check_and_record(
         f"forgot:email:{body.email}",
         settings.forgot_limit_per_email,
         "reset requests for this email",
@@ -61,7 +61,7 @@ async def reset_password(
 ) -> MessageOut:
     """Choose a new password with the token from the mail; every session of the account ends
     (sign in again). 400 naming `token` when it is invalid, expired or used."""
-    context.limiter.check_and_record(
+    await context.limiter.check_and_record(
         f"reset:ip:{ip}",
         context.settings.forgot_limit_per_ip * 3,
         "reset attempts from your address",

@@ -20,8 +20,20 @@ from sqlalchemy.sql.elements import ColumnElement
 from sora2.api.credits.service import refund
 from sora2.api.db import Database, utcnow
 from sora2.api.jobs.models import Job, WorkerBeat
-from sora2.api.providers.base import GenerationRequest
+from sora2.api.providers.base import GenerationRequest, RemixSource
 from sora2.api.videos.models import ACTIVE_STATUSES, Video
+
+
+async def _remix_source(session: AsyncSession, video: Video) -> RemixSource | None:
+    """What a remix needs of its source: the provider's id for it and its prompt. A source
+    deleted since the remix was asked for leaves an empty id, which no provider knows (the video
+    then fails, refunded, saying so)."""
+    if video.remix_of is None:
+        return None
+    source = await session.get(Video, video.remix_of)
+    if source is None:
+        return RemixSource(job_id="", prompt="")
+    return RemixSource(job_id=source.provider_job_id or "", prompt=source.prompt)
 
 
 class LeaseLost(Exception):
@@ -109,11 +121,14 @@ class JobQueue:
                 return None, True
             if video.status == "queued":
                 video.status, video.started_at = "in_progress", now
+            remix = await _remix_source(session, video)
             await session.commit()
-            return self._claimed(job_id, job.attempts, video), False
+            return self._claimed(job_id, job.attempts, video, remix), False
 
     @staticmethod
-    def _claimed(job_id: int, attempts: int, video: Video) -> ClaimedJob:
+    def _claimed(
+        job_id: int, attempts: int, video: Video, remix: RemixSource | None = None
+    ) -> ClaimedJob:
         return ClaimedJob(
             job_id=job_id,
             video_id=video.id,
@@ -121,7 +136,12 @@ class JobQueue:
             attempts=attempts,
             provider_job_id=video.provider_job_id,
             request=GenerationRequest(
-                prompt=video.prompt, model=video.model, seconds=video.seconds, size=video.size
+                prompt=video.prompt,
+                model=video.model,
+                seconds=video.seconds,
+                size=video.size,
+                input_reference_key=video.input_reference_key,
+                remix=remix,
             ),
         )
 

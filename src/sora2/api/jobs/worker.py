@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -25,8 +26,9 @@ from sora2.api.db import Database
 from sora2.api.events import VideoEvents
 from sora2.api.jobs.queue import ClaimedJob, JobGone, JobQueue, LeaseLost
 from sora2.api.metrics import ApiMetrics
-from sora2.api.providers.base import ErrorKind, ProviderError, VideoProvider
+from sora2.api.providers.base import ErrorKind, GenerationRequest, ProviderError, VideoProvider
 from sora2.api.storage import Storage
+from sora2.api.videos.images import read_reference
 from sora2.logs import request_id_var
 from sora2.settings import Settings
 
@@ -193,7 +195,7 @@ class Worker:
         provider_job_id = job.provider_job_id
         try:
             if provider_job_id is None:
-                provider_job_id = await self.provider.start(job.request)
+                provider_job_id = await self.provider.start(await self._with_reference(job.request))
                 if not await self.queue.record_provider_job(job, provider_job_id):
                     return await self._cancel_upstream(job, provider_job_id)
             elif not await self.queue.is_active(job):
@@ -204,6 +206,20 @@ class Worker:
             if provider_job_id is not None:
                 await self._cancel_quietly(provider_job_id)
             return "deleted"
+
+    async def _with_reference(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with its starting image read from storage, when it has one."""
+        if request.input_reference_key is None:
+            return request
+        try:
+            data = await read_reference(self.storage, request.input_reference_key)
+        except FileNotFoundError:
+            raise ProviderError(
+                ErrorKind.FINAL,
+                "input_reference_missing",
+                "The image this video starts from is missing from storage.",
+            ) from None
+        return dataclasses.replace(request, input_reference=data)
 
     async def _follow(self, job: ClaimedJob, provider_job_id: str) -> str:
         poll = self.settings.worker_provider_poll_ms / 1000

@@ -6,18 +6,18 @@ per client address (`SHARE_LIMIT_PER_IP`).
 
 from __future__ import annotations
 
-from pathlib import Path as FilePath
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
 from sora2.api.context import ApiContext
 from sora2.api.deps import ClientIp, Context, CurrentUser, ReadConnection, SessionDep
 from sora2.api.errors import ERROR_RESPONSES
 from sora2.api.shares import service
 from sora2.api.shares.schemas import ShareCreated, SharedVideo, ShareState
-from sora2.api.videos.routes import FILE_RESPONSES, THUMBNAIL_RESPONSES, _check_range, _file_of
+from sora2.api.stored_files import stored_file_response
+from sora2.api.videos.routes import FILE_RESPONSES, THUMBNAIL_RESPONSES, completed_file_key
 from sora2.api.videos.service import get_own
 
 owner_router = APIRouter(prefix="/api/videos", tags=["sharing"], responses=ERROR_RESPONSES)
@@ -66,8 +66,8 @@ async def revoke_share(video_id: str, user: CurrentUser, session: SessionDep) ->
     return Response(status_code=204)
 
 
-def _limit(context: ApiContext, ip: str) -> None:
-    context.limiter.check_and_record(
+async def _limit(context: ApiContext, ip: str) -> None:
+    await context.limiter.check_and_record(
         f"shared:ip:{ip}", context.settings.share_limit_per_ip, "requests for shared videos"
     )
 
@@ -77,7 +77,7 @@ async def shared_video(
     token: str, context: Context, connection: ReadConnection, ip: ClientIp, response: Response
 ) -> SharedVideo:
     """A shared video's details: prompt, model, length, size, when — nothing of its owner."""
-    _limit(context, ip)
+    await _limit(context, ip)
     video = await service.resolve(connection, token)
     response.headers.update(SHARED_CACHE)
     return SharedVideo(
@@ -91,23 +91,36 @@ async def shared_video(
     )
 
 
-@public_router.get("/{token}/content", response_class=FileResponse, responses=FILE_RESPONSES)
+@public_router.get("/{token}/content", response_class=StreamingResponse, responses=FILE_RESPONSES)
 async def shared_content(
     request: Request, token: str, context: Context, connection: ReadConnection, ip: ClientIp
-) -> FileResponse:
+) -> StreamingResponse:
     """The MP4, with `Range` (206; 416 outside the file)."""
-    _limit(context, ip)
+    await _limit(context, ip)
     video = await service.resolve(connection, token)
-    path = _file_of(context, video, "video_key", "video")
-    _check_range(request, FilePath(path))
-    return FileResponse(path, media_type="video/mp4", headers=SHARED_CACHE)
+    return await stored_file_response(
+        request,
+        context.storage,
+        completed_file_key(video, "video_key", "video"),
+        what="video",
+        media_type="video/mp4",
+        cache_control=SHARED_CACHE["Cache-Control"],
+    )
 
 
-@public_router.get("/{token}/thumbnail", response_class=FileResponse, responses=THUMBNAIL_RESPONSES)
+@public_router.get(
+    "/{token}/thumbnail", response_class=StreamingResponse, responses=THUMBNAIL_RESPONSES
+)
 async def shared_thumbnail(
-    token: str, context: Context, connection: ReadConnection, ip: ClientIp
-) -> FileResponse:
-    _limit(context, ip)
+    request: Request, token: str, context: Context, connection: ReadConnection, ip: ClientIp
+) -> StreamingResponse:
+    await _limit(context, ip)
     video = await service.resolve(connection, token)
-    path = _file_of(context, video, "thumbnail_key", "thumbnail")
-    return FileResponse(path, media_type="image/jpeg", headers=SHARED_CACHE)
+    return await stored_file_response(
+        request,
+        context.storage,
+        completed_file_key(video, "thumbnail_key", "thumbnail"),
+        what="thumbnail",
+        media_type="image/jpeg",
+        cache_control=SHARED_CACHE["Cache-Control"],
+    )
