@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +42,15 @@ class Wrk:
         self._script.write_text(_SUMMARY_SCRIPT)
         self._cpu = cpu
 
-    def run(self, url: str, connections: int, seconds: float) -> WrkResult:
+    def run(
+        self, url: str, connections: int, seconds: float, headers: Sequence[str] = ()
+    ) -> WrkResult:
+        """`headers`: extra request headers, each as `Name: value`."""
         # One wrk thread: the load generator owns exactly one core.
         command = [
             "taskset", "-c", str(self._cpu), "wrk", "-t1", f"-c{connections}",
-            f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(self._script), url,
+            f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(self._script),
+            *(part for header in headers for part in ("-H", header)), url,
         ]  # fmt: skip
         completed = subprocess.run(
             command, capture_output=True, text=True, check=False, timeout=seconds + 30

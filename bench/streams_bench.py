@@ -1,10 +1,11 @@
 """Thousands of viewers of live progress through web → proxy → api (`python -m bench streams`).
 
 For each viewer count, fresh servers: a PostgreSQL database migrated by `sora2 db upgrade`, one
-`sora2 serve api` (production, no embedded worker) pinned to core 1 and one `sora2 serve web`
-pinned to core 0; the client (this process) is not pinned. Videos are real (created through the
-api, one per ten viewers, spread over one account per 250 viewers); each viewer keeps a
-`GET /api/proxy/videos/{id}/events` open through the web, as a video page does.
+`sora2 serve api --workers 1` (production, no embedded worker) pinned to core 1 and one
+`sora2 serve web --workers 1` pinned to core 0; the client (this process) is not pinned. Videos
+are real (created through the api, one per ten viewers, spread over one account per 250
+viewers); each viewer keeps a `GET /api/proxy/videos/{id}/events` open through the web, as a
+video page does, or (a second series) `GET /api/videos/{id}/events` on the api directly.
 
 Phases, each measured alone:
 1. ordinary requests with no viewer (the baseline): `GET /api/proxy/videos/{id}` through the web,
@@ -146,7 +147,9 @@ def running_servers(workdir: Path, database_url: str) -> Iterator[Servers]:
 
 
 def _serve(service: str) -> list[str]:
-    return [sys.executable, "-m", "sora2", "serve", service]
+    # One process each: the figures per viewer are per process (production's default is one per
+    # core, and several api processes would each hold their own LISTEN and poller).
+    return [sys.executable, "-m", "sora2", "serve", service, "--workers", "1"]
 
 
 def _web_env(workdir: Path, port: int, api_url: str) -> dict[str, str]:
@@ -281,10 +284,11 @@ async def _round(servers: Servers, viewers_count: int, plan: Plan, route: str) -
     open_seconds = time.perf_counter() - started
     held = [viewer for viewer in viewers if viewer.held]
     await asyncio.sleep(1.0)  # let both servers settle before reading their memory
-    web_kib = (servers.web.reset_peak_rss() - web_rss) / KIB / viewers_count
-    api_kib = (servers.api.reset_peak_rss() - api_rss) / KIB / viewers_count
-    web_open = (servers.web.cpu_seconds() - web_cpu) * 1000 / viewers_count
-    api_open = (servers.api.cpu_seconds() - api_cpu) * 1000 / viewers_count
+    per_viewer = max(1, len(held))
+    web_kib = (servers.web.reset_peak_rss() - web_rss) / KIB / per_viewer
+    api_kib = (servers.api.reset_peak_rss() - api_rss) / KIB / per_viewer
+    web_open = (servers.web.cpu_seconds() - web_cpu) * 1000 / per_viewer
+    api_open = (servers.api.cpu_seconds() - api_cpu) * 1000 / per_viewer
 
     statements, polls = await _api_counters(servers.api_url)
     hold_started = time.perf_counter()
@@ -384,7 +388,8 @@ def report(rounds: list[Round], plan: Plan, others: float) -> str:
         )
     lines += [
         "",
-        "RSS and CPU per viewer are over the viewers asked for (held or not); statements/s over",
+        "RSS and CPU per viewer are per viewer held (refused ones cost something too); "
+        "statements/s over",
         f"a {plan.hold_seconds:g} s quiet hold (two `/metrics` scrapes included).",
         "",
         "| route | viewers | web RSS KiB/viewer | api RSS KiB/viewer | web / api CPU ms per "

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 
 from sora2.api.cli import register as register_api
-from sora2.commands import CommandExit, Commands, settings_or_exit
+from sora2.api.storage.cli import register as register_storage
+from sora2.commands import CommandExit, Commands, catalog_or_exit, settings_or_exit
 from sora2.devstack.cli import register as register_devstack
 
 
@@ -32,6 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sora2.serving import default_workers
 
     settings = settings_or_exit()
+    catalog_or_exit(settings, need_keys=args.service != "web")
     workers = args.workers or default_workers(production=settings.is_production)
     if args.service == "api":
         from sora2.api.server import RefusedToStart
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_serve(commands)
     register_api(commands)
+    register_storage(commands)
     register_devstack(commands)
     return parser
 

@@ -1,8 +1,9 @@
 """What every domain's commands share: the subcommand registry type, the error that ends a command,
 and settings loaded so that a bad variable becomes a message rather than a traceback.
 
-A leaf: it imports only `sora2.settings`, so `sora2.cli` (which assembles the commands) and each
-domain's `cli` module (which contributes them) both depend on it and never on each other.
+A leaf: it imports only `sora2.settings` (and, when called, `sora2.catalog`, a leaf too), so
+`sora2.cli` (which assembles the commands) and each domain's `cli` module (which contributes them)
+both depend on it and never on each other.
 """
 
 from __future__ import annotations
@@ -30,4 +31,15 @@ def settings_or_exit() -> Settings:
     try:
         return load_settings()
     except SettingsError as error:
+        raise CommandExit(str(error)) from None
+
+
+def catalog_or_exit(settings: Settings, *, need_keys: bool = True) -> None:
+    """Every service reads the model catalog: a broken one stops it at start, one line a problem.
+    (The web shows the catalog but calls no provider, so it does not need their keys.)"""
+    from sora2.catalog import CatalogError, load_catalog
+
+    try:
+        load_catalog(settings, need_keys=need_keys)
+    except CatalogError as error:
         raise CommandExit(str(error)) from None

@@ -10,6 +10,8 @@ gives up when a copy cannot even start (a port held by another program, migratio
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -25,6 +27,7 @@ from multiprocessing.process import BaseProcess
 # a failure to start): restarting it would only loop.
 START_FAILURE_SECONDS = 5.0
 STOP_GRACE_SECONDS = 15.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 ServeOne = Callable[[socket.socket | None, int], None]
 """Runs one copy: given its socket (None: bind as usual) and its number (0 when alone)."""
@@ -51,7 +54,16 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies, even by SIGKILL, so a copy never keeps
+    serving, unsupervised, after the command that started it is gone."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _run_copy(serve_one: ServeOne, host: str, port: int, number: int) -> None:
+    _die_with_parent()
     # The parent's wake-up pipe and handlers are not this process's business.
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -20,6 +20,7 @@ AppEnv = Literal["development", "test", "production"]
 VideoProviderName = Literal["local", "openai"]
 
 MIN_JWT_SECRET_LENGTH = 32
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
 
 
 class SettingsError(Exception):
@@ -95,6 +96,14 @@ class Settings(BaseSettings):
     proxy_retry_budget_ratio: float = Field(
         0.2, ge=0.0, le=1.0, validation_alias=_aliases("PROXY_RETRY_BUDGET_RATIO")
     )
+    proxy_pool_size: int = Field(
+        8_192, ge=1, le=1_000_000, validation_alias=_aliases("PROXY_POOL_SIZE")
+    )
+    # Set by `sora2 dev` for the web it starts: a file that exists while the launcher restarts
+    # the api on purpose (devstack/restart_signal.py). Not for hand configuration.
+    api_restart_signal: Path | None = Field(
+        None, validation_alias=_aliases("SORA2_API_RESTART_SIGNAL")
+    )
     proxy_trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_aliases("PROXY_TRUSTED_PROXIES")
     )
@@ -162,7 +171,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _openai_needs_a_key(self) -> Settings:
-        if self.video_provider == "openai" and not self.openai_api_keys:
+        # With MODELS_FILE the catalog names its providers and their key variables itself.
+        if self.video_provider == "openai" and not self.openai_api_keys and not self.models_file:
             raise ValueError(
                 "VIDEO_PROVIDER=openai needs at least one key: set OPENAI_API_KEYS "
                 "(comma-separated) or OPENAI_API_KEY, or use VIDEO_PROVIDER=local"
@@ -182,6 +192,12 @@ class Settings(BaseSettings):
         """`API_URL` reduced to scheme://host[:port]: the only place the proxy may reach."""
         parts = urlsplit(self.api_url)
         return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def web_open_files_needed(self) -> int:
+        """Open files the web needs at full load: two per proxied connection (the client's and
+        the backend's), plus room for its own files, listeners and health checks."""
+        return 2 * self.proxy_pool_size + 256
 
     @property
     def frontend_origin(self) -> str:
@@ -219,9 +235,16 @@ class Settings(BaseSettings):
     signup_credits: int = Field(
         100, ge=0, le=1_000_000, validation_alias=_aliases("SIGNUP_CREDITS")
     )
+    # Overrides of the built-in catalog's prices (`sora2.catalog`); MODELS_FILE prices its own.
     video_prices: Annotated[dict[str, int], NoDecode] = Field(
-        default_factory=lambda: {"sora-2": 1, "sora-2-pro": 3},
-        validation_alias=_aliases("VIDEO_PRICES"),
+        default_factory=dict, validation_alias=_aliases("VIDEO_PRICES")
+    )
+    models_file: Path | None = Field(None, validation_alias=_aliases("MODELS_FILE"))
+    input_reference_max_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        le=100 * 1024 * 1024,
+        validation_alias=_aliases("INPUT_REFERENCE_MAX_BYTES"),
     )
     access_token_ttl_seconds: int = Field(
         900, ge=10, le=86_400, validation_alias=_aliases("ACCESS_TOKEN_TTL_SECONDS")
@@ -243,6 +266,9 @@ class Settings(BaseSettings):
         10, ge=1, validation_alias=_aliases("LOGIN_LIMIT_PER_ACCOUNT")
     )
     register_limit_per_ip: int = Field(10, ge=1, validation_alias=_aliases("REGISTER_LIMIT_PER_IP"))
+    generate_limit_per_user: int = Field(
+        60, ge=1, validation_alias=_aliases("GENERATE_LIMIT_PER_USER")
+    )
     worker_concurrency: int = Field(2, ge=1, le=64, validation_alias=_aliases("WORKER_CONCURRENCY"))
     worker_lease_seconds: float = Field(
         30.0, ge=0.5, le=3_600, validation_alias=_aliases("WORKER_LEASE_SECONDS")
@@ -275,6 +301,54 @@ class Settings(BaseSettings):
         15.0, ge=0.05, le=300, validation_alias=_aliases("SSE_HEARTBEAT_SECONDS")
     )
 
+    # --- mail and password reset (see docs/configuration.md "Mail and password reset") ---
+    smtp_url: str | None = Field(None, validation_alias=_aliases("SMTP_URL"), repr=False)
+    smtp_ca_file: Path | None = Field(None, validation_alias=_aliases("SMTP_CA_FILE"))
+    smtp_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, validation_alias=_aliases("SMTP_TIMEOUT_SECONDS")
+    )
+    mail_from: str = Field("Sora2 <no-reply@localhost>", validation_alias=_aliases("MAIL_FROM"))
+    password_reset_ttl_minutes: int = Field(
+        30, ge=1, le=1_440, validation_alias=_aliases("PASSWORD_RESET_TTL_MINUTES")
+    )
+    forgot_limit_per_email: int = Field(
+        3, ge=1, validation_alias=_aliases("FORGOT_LIMIT_PER_EMAIL")
+    )
+    forgot_limit_per_ip: int = Field(10, ge=1, validation_alias=_aliases("FORGOT_LIMIT_PER_IP"))
+    share_limit_per_ip: int = Field(600, ge=1, validation_alias=_aliases("SHARE_LIMIT_PER_IP"))
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in SMTP_SCHEMES or not parts.hostname:
+            raise ValueError(
+                "must look like smtp://host:25, smtp+starttls://user:pass@host:587 or "
+                "smtps://user:pass@host:465"
+            )
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value.strip()
+
+    @field_validator("mail_from")
+    @classmethod
+    def _mail_from(cls, value: str) -> str:
+        from email.utils import parseaddr
+
+        _name, address = parseaddr(value)
+        if "@" not in address or any(ch in value for ch in "\r\n"):
+            raise ValueError(f"{value!r} must be an address such as 'Sora2 <no-reply@example.com>'")
+        return value.strip()
+
+    @field_validator("models_file", mode="before")
+    @classmethod
+    def _unset_when_blank(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("video_prices", mode="before")
     @classmethod
     def _price_table(cls, value: object) -> object:
@@ -293,13 +367,23 @@ class Settings(BaseSettings):
 
     @field_validator("video_prices")
     @classmethod
-    def _prices_cover_models(cls, value: dict[str, int]) -> dict[str, int]:
-        missing = {"sora-2", "sora-2-pro"} - value.keys()
-        if missing:
-            raise ValueError(f"needs a price for {', '.join(sorted(missing))}")
+    def _prices_not_negative(cls, value: dict[str, int]) -> dict[str, int]:
         if any(price < 0 for price in value.values()):
             raise ValueError("prices cannot be negative")
         return value
+
+    # --- storage (see docs/configuration.md "Storage" and docs/deployment.md) ---
+    storage_url: str | None = Field(None, validation_alias=_aliases("STORAGE_URL"))
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        return check_storage_url(value) if value and value.strip() else None
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """`STORAGE_URL`, or the folder `DATA_DIR/media` as a file URL."""
+        return self.storage_url or (self.data_dir / "media").resolve().as_uri()
 
     @property
     def runs_embedded_worker(self) -> bool:
@@ -307,6 +391,21 @@ class Settings(BaseSettings):
         if self.api_embedded_worker is None:
             return self.is_development
         return self.api_embedded_worker
+
+
+def check_storage_url(value: str) -> str:
+    """`file:///absolute/folder` or `s3://bucket[/prefix]`, or a ValueError saying so."""
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme == "file" and parts.path.startswith("/") and not parts.netloc:
+        return value
+    if parts.scheme == "s3" and parts.netloc and not parts.query:
+        return value
+    raise ValueError(
+        f"{value!r} must be file:///absolute/folder or s3://bucket[/prefix] "
+        "(S3 endpoint and keys come from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY)"
+    )
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -126,3 +126,15 @@ def provider() -> ScriptedProvider:
 async def api(settings: Settings, provider: ScriptedProvider) -> AsyncIterator[RunningApi]:
     async with running_api(settings, provider) as running:
         yield running
+
+
+@pytest.fixture
+async def catalog_api(
+    settings: Settings, tmp_path: Path, provider: ScriptedProvider
+) -> AsyncIterator[RunningApi]:
+    """The api on a catalog file: `veo-3.1` (takes images, no remix) and `local-draft` (both)."""
+    from tests.fakes.catalogs import LOCAL_ONLY_CATALOG, write_catalog
+
+    path = write_catalog(tmp_path, LOCAL_ONLY_CATALOG)
+    async with running_api(settings.model_copy(update={"models_file": path}), provider) as running:
+        yield running

@@ -94,3 +94,26 @@ async def running_api(settings: Settings, provider: VideoProvider) -> AsyncItera
         finally:
             server.should_exit = True
             await task
+
+
+async def promote_to_admin(settings: Settings, user_id: str) -> None:
+    """Gives an account the admin role, as `sora2 user set-role` would (without the audit row)."""
+    from sqlalchemy import update
+
+    from sora2.api.db import Database
+    from sora2.api.users.models import User
+
+    database = Database(settings.resolved_database_url)
+    try:
+        async with database.session() as session:
+            await session.execute(update(User).where(User.id == user_id).values(role="admin"))
+            await session.commit()
+    finally:
+        await database.dispose()
+
+
+async def register_admin(api: RunningApi) -> tuple[str, dict[str, Any]]:
+    """A new account with the admin role: its access token and its user."""
+    token, body = await api.register(nickname="Admin")
+    await promote_to_admin(api.settings, body["user"]["id"])
+    return token, body["user"]

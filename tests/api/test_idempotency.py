@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sora2.proxy import Proxy, ProxyConfig, mount_proxy
+from sora2.proxy import PoolLimits, Proxy, ProxyConfig, RetryPolicy, mount_proxy
 from tests.api.harness import RunningApi
 from tests.fakes.fault_relay import Fault, FaultRelay
 from tests.fakes.servers import RunningServer, start_app
@@ -167,7 +167,11 @@ async def proxy_to_api_through_relay(
     relay = FaultRelay(int(api.url.rsplit(":", 1)[1]))
     await relay.start()
     # No pooled connections: each attempt meets a fault of its own.
-    proxy = Proxy(ProxyConfig(api_url=relay.url, retry_delay=0.01, keepalive_timeout=0))
+    proxy = Proxy(
+        ProxyConfig(
+            api_url=relay.url, retries=RetryPolicy(delay=0.01), pool=PoolLimits(keepalive=0)
+        )
+    )
     app = web.Application()
     mount_proxy(app, proxy)
     server = await start_app(app)

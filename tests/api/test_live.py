@@ -30,7 +30,7 @@ from tests.api.test_ops import env_for
 from tests.api.test_videos import create
 from tests.api.test_worker import worker_running
 from tests.fakes.fake_videos_api import FakeVideosAPI
-from tests.fakes.servers import start_app
+from tests.fakes.servers import free_port, start_app
 
 # So long that only something else than the interval poll can bring a change in time.
 NEVER_POLLS_MS = 60_000
@@ -175,7 +175,13 @@ async def test_deleting_a_watched_video_tells_its_watchers(api: RunningApi) -> N
         assert (await stream.next_event()) is not None
         assert (await api.request("DELETE", f"/api/videos/{video['id']}", token=token))[0] == 204
         rest = await stream.rest()
-    assert [(e.event, e.data) for e in rest] == [("deleted", {"id": video["id"]})]
+    # Deleting a queued video cancels (and refunds) it in a commit of its own first: a watcher
+    # that read the video in between hears of the cancel, and its stream ends there.
+    assert [(e.event, e.data) for e in rest] in (
+        [("deleted", {"id": video["id"]})],
+        [("progress", rest[0].data), ("done", rest[0].data)],
+    )
+    assert rest[0].data.get("status", "cancelled") == "cancelled"
 
 
 async def test_an_idle_stream_sends_heartbeat_comments(settings: Settings) -> None:
@@ -387,3 +393,44 @@ def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+async def test_stopping_the_api_ends_its_streams_instead_of_waiting_for_them(
+    settings: Settings,
+) -> None:
+    """`sora2 serve api` given SIGTERM with a stream open: the stream ends cleanly at once (its
+    client reconnects elsewhere) rather than holding the shutdown for its 10 s grace."""
+    port = free_port()
+    env = env_for(settings) | {"API_PORT": str(port), "API_EMBEDDED_WORKER": "false"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sora2", "serve", "api"],
+        env=os.environ | env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{port}"
+
+            async def answering() -> bool:
+                try:
+                    async with http.get(f"{url}/api/health/live") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    assert process.poll() is None, "the api process exited"
+                    return False
+
+            await wait_for(answering, timeout=30, interval=0.1)
+            served = RunningApi(url, settings, None, http)  # type: ignore[arg-type]
+            token, _ = await served.register()
+            _, video = await create(served, token)
+            async with watching(served, token, video["id"]) as stream:
+                assert (await stream.next_event()) is not None
+                process.send_signal(signal.SIGTERM)
+                # Ended before the grace period (10 s) ran out, with the chunked body complete.
+                assert (await stream.rest(timeout=8)) == []
+        assert await asyncio.to_thread(process.wait, 8) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            await asyncio.to_thread(process.wait, 10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -178,3 +179,28 @@ async def test_doctor_warns_about_a_degraded_api(tmp_path: Path) -> None:
     assert findings["api health"]["status"] == "warn"
     assert "degraded" in findings["api health"]["detail"]
     assert "provider: resting" in findings["api health"]["detail"]
+
+
+def test_doctor_warns_when_the_open_file_limit_is_too_low_for_the_pool(tmp_path: Path) -> None:
+    def low_hard_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    def doctor(**env: str) -> dict[str, Any]:
+        result = subprocess.run(
+            doctor_command("--json"),
+            cwd=tmp_path,
+            env=scratch_environment(tmp_path, **env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            preexec_fn=low_hard_limit,
+        )
+        return _by_check(result.stdout)["open files"]
+
+    finding = doctor()
+    assert finding["status"] == "warn"
+    assert "1024" in finding["detail"]
+    assert "PROXY_POOL_SIZE" in finding["detail"]
+    assert "LimitNOFILE" in finding["fix"]
+    assert doctor(PROXY_POOL_SIZE="300")["status"] == "ok"

@@ -212,6 +212,23 @@ async def stall_body(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def huge_header(request: web.Request) -> web.Response:
+    """A response whose one header is over aiohttp's 8190-byte limit: never parseable."""
+    await _record(request)
+    return web.Response(text="unreachable", headers={"X-Huge": "h" * 10_000})
+
+
+async def websocket_echo(request: web.Request) -> web.StreamResponse:
+    """A WebSocket that sends back every text message it gets."""
+    _state(request).hits["websocket"] += 1
+    socket = web.WebSocketResponse()
+    await socket.prepare(request)
+    async for message in socket:
+        if message.type is web.WSMsgType.TEXT:
+            await socket.send_str(message.data)
+    return socket
+
+
 @web.middleware
 async def _note_every_request(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -233,6 +250,8 @@ def create_backend(state: BackendState | None = None) -> web.Application:
     app.router.add_get("/api/sse", sse)
     app.router.add_route("*", "/api/stall", stall)
     app.router.add_get("/api/stall-body", stall_body)
+    app.router.add_get("/api/huge-header", huge_header)
+    app.router.add_get("/api/ws", websocket_echo)
     return app
 
 

@@ -24,14 +24,17 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from sora2.catalog import BUILT_IN_MODELS, BUILT_IN_SECONDS, BUILT_IN_SIZES
+
 # A prompt containing this is refused at create, like the real moderation check.
 BLOCKED_AT_CREATE = "[blocked-at-create]"
 # A prompt containing this is accepted, then fails moderation while it renders.
 BLOCKED_WHILE_RENDERING = "[blocked-while-rendering]"
 
-MODELS = frozenset({"sora-2", "sora-2-pro"})
-SECONDS = frozenset({"4", "8", "12"})
-SIZES = frozenset({"720x1280", "1280x720", "1024x1792", "1792x1024"})
+# What OpenAI's own service accepted: the built-in catalog's models, lengths and sizes.
+MODELS = frozenset(model_id for model_id, _, _ in BUILT_IN_MODELS)
+SECONDS = frozenset(str(seconds) for seconds in BUILT_IN_SECONDS)
+SIZES = frozenset(BUILT_IN_SIZES)
 THUMBNAIL_SIZE = (96, 54)
 
 
@@ -71,6 +74,7 @@ class FakeVideo:
     status: str = "queued"
     progress: int = 0
     error: dict[str, str] | None = None
+    remixed_from: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -85,7 +89,7 @@ class FakeVideo:
             "seconds": self.seconds,
             "size": self.size,
             "prompt": self.prompt,
-            "remixed_from_video_id": None,
+            "remixed_from_video_id": self.remixed_from,
             "error": self.error,
         }
 
@@ -167,6 +171,7 @@ class FakeVideosAPI:
         app.router.add_get("/v1/videos/{video_id}", self._retrieve)
         app.router.add_get("/v1/videos/{video_id}/content", self._content)
         app.router.add_delete("/v1/videos/{video_id}", self._delete)
+        app.router.add_post("/v1/videos/{video_id}/remix", self._remix)
         return app
 
     @web.middleware
@@ -340,6 +345,27 @@ class FakeVideosAPI:
         assert request.transport is not None
         request.transport.close()  # the rest never comes: the client sees a short body
         return response
+
+    async def _remix(self, request: web.Request) -> web.Response:
+        """`POST /videos/{id}/remix` `{"prompt"}`: a new video of a completed one."""
+        source = self.videos.get(request.match_info["video_id"])
+        body = await request.json()
+        self.calls[-1].form = {key: str(value) for key, value in body.items()}
+        if source is None:
+            return _not_found(request.match_info["video_id"])
+        if source.status != "completed":
+            return _error(400, "invalid_request", "Only a completed video can be remixed.")
+        video = FakeVideo(
+            id=f"video_{next(self._ids):06d}",
+            prompt=str(body.get("prompt", "")),
+            model=source.model,
+            seconds=source.seconds,
+            size=source.size,
+            created_at=int(time.time()),
+            remixed_from=source.id,
+        )
+        self.videos[video.id] = video
+        return web.json_response(video.as_json())
 
     async def _delete(self, request: web.Request) -> web.Response:
         video = self.videos.pop(request.match_info["video_id"], None)

@@ -456,3 +456,78 @@ async def test_providers_in_different_processes_share_the_render_slots(tmp_path:
     finally:
         await first.close()
         await second.close()
+
+
+def _picture(size: tuple[int, int]) -> bytes:
+    """Green with a red left edge: where the clip looks, and how it moves, is easy to tell."""
+    import io
+
+    image = Image.new("RGB", size, (30, 200, 60))
+    image.paste((220, 30, 30), (0, 0, size[0] // 6, size[1]))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+async def test_a_clip_from_an_image_opens_on_it_and_slowly_zooms_in(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    start = replace(
+        request("320x180", 2, "a kite over the dunes"), input_reference=_picture((320, 180))
+    )
+    job_id = await provider.start(start)
+    assert (await wait_until_final(provider, job_id))[-1].status == "completed"
+    video, thumbnail = tmp_path / "v.mp4", tmp_path / "t.jpg"
+    await provider.download(job_id, video, thumbnail)
+
+    _, _, frames = decoded_frames(video)
+    first, last = frames[0], frames[-1]
+    # The first frame is the picture: red on the left edge, green in the middle of the top row.
+    assert first[8, 4, 0] > 180
+    assert first[8, 4, 1] < 90
+    assert first[8, 160, 1] > 160
+    # By the end it has zoomed in: the red edge is narrower (or gone), the picture is still there.
+    red_columns = lambda frame: int((frame[8, :, 0] > 150).sum())  # noqa: E731
+    assert red_columns(last) < red_columns(first)
+    assert last[8, 160, 1] > 160
+
+
+async def test_a_local_remix_keeps_the_sources_colours_and_picture_with_new_words(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from sora2.api.providers.base import RemixSource
+    from sora2.api.providers.render import palette_for
+
+    source_request = request("320x180", 2, "a lighthouse at dusk")
+    source = await provider.start(source_request)
+    remix = await provider.start(
+        replace(
+            request("320x180", 2, "the same lighthouse in a storm"),
+            remix=RemixSource(job_id=source, prompt=source_request.prompt),
+        )
+    )
+    spec = (provider.root / remix / "spec.json").read_text()
+    assert '"palette_prompt": "a lighthouse at dusk"' in spec
+    assert palette_for("a lighthouse at dusk") != palette_for("the same lighthouse in a storm")
+    for job in (source, remix):
+        assert (await wait_until_final(provider, job))[-1].status == "completed"
+    await provider.download(source, tmp_path / "s.mp4", tmp_path / "s.jpg")
+    await provider.download(remix, tmp_path / "r.mp4", tmp_path / "r.jpg")
+    source_frame = decoded_frames(tmp_path / "s.mp4")[2][0]
+    remix_frame = decoded_frames(tmp_path / "r.mp4")[2][0]
+    # The same background colours (the corners hold no text), other words in the middle.
+    corner = (slice(150, 170), slice(290, 315))
+    assert np.abs(source_frame[corner].astype(int) - remix_frame[corner]).mean() < 6
+    gone = await expect_final(provider.start(replace(source_request, remix=RemixSource("", ""))))
+    assert gone.code == "remix_source_unavailable"
+
+
+async def expect_final(call: object) -> ProviderError:
+    assert asyncio.iscoroutine(call)
+    with pytest.raises(ProviderError) as caught:
+        await call
+    return caught.value

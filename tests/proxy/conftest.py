@@ -48,18 +48,48 @@ async def relay(backend: RunningServer) -> AsyncIterator[FaultRelay]:
     await relay.stop()
 
 
+# Tests name the knobs they turn flat (`request_timeout=0.5`); each lives in one of the
+# config's value objects.
+_GROUPED = {
+    "request_timeout": ("timeouts", "request"),
+    "connect_timeout": ("timeouts", "connect"),
+    "idle_timeout": ("timeouts", "idle"),
+    "pool_size": ("pool", "size"),
+    "keepalive_timeout": ("pool", "keepalive"),
+    "circuit_failure_threshold": ("breaker", "failure_threshold"),
+    "circuit_open_time": ("breaker", "open_time"),
+    "probe_timeout": ("breaker", "probe_timeout"),
+    "max_attempts": ("retries", "max_attempts"),
+    "retry_delay": ("retries", "delay"),
+    "retry_budget_ratio": ("retries", "budget_ratio"),
+    "retry_budget_min": ("retries", "budget_min"),
+    "health_path": ("health", "path"),
+    "health_ttl": ("health", "ttl"),
+    "startup_grace": ("health", "startup_grace"),
+}
+
+
 def config_for(api_url: str, **overrides: Any) -> ProxyConfig:
-    defaults: dict[str, Any] = {
-        "api_url": api_url,
-        "allowed_origins": frozenset({FRONTEND}),
-        "retry_delay": 0.01,
+    settings: dict[str, Any] = {
         "request_timeout": 5.0,
         "connect_timeout": 0.5,
         "idle_timeout": 2.0,
         "health_ttl": 5.0,
+        "retry_delay": 0.01,
+        **overrides,
     }
-    defaults.update(overrides)
-    return ProxyConfig(**defaults)
+    config = ProxyConfig(api_url=api_url, allowed_origins=frozenset({FRONTEND}))
+    groups: dict[str, dict[str, Any]] = {}
+    plain: dict[str, Any] = {}
+    for name, value in settings.items():
+        if name in _GROUPED:
+            group, field = _GROUPED[name]
+            groups.setdefault(group, {})[field] = value
+        else:
+            plain[name] = value
+    for group, fields in groups.items():
+        plain[group] = dataclasses.replace(getattr(config, group), **fields)
+    return dataclasses.replace(config, **plain)
 
 
 MakeProxy = Callable[..., Awaitable[ProxyUnderTest]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import aiohttp
+from multidict import CIMultiDict
 
 from tests.fakes.servers import RunningServer
 from tests.proxy.conftest import MakeProxy
@@ -45,7 +46,7 @@ async def test_the_proxy_adds_no_request_headers_of_its_own(
         received = (await response.json())["headers"]
     assert set(received) == {
         "host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-        "via", "x-request-id",
+        "via", "x-request-id", "forwarded",
     }  # fmt: skip
 
 
@@ -105,6 +106,41 @@ async def test_trusted_proxy_chain_is_extended(
         received = (await response.json())["headers"]
     assert received["x-forwarded-for"] == ["203.0.113.9, 127.0.0.1"]
     assert received["x-forwarded-proto"] == ["https"]
+
+
+async def test_every_forwarding_header_line_is_kept_and_odd_protos_ignored(
+    backend: RunningServer, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(backend.url, trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
+    chain = CIMultiDict(
+        [
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Forwarded-For", "198.51.100.7"),
+            ("X-Forwarded-Proto", "javascript"),
+            ("Forwarded", "for=203.0.113.9;proto=https"),
+            ("Forwarded", "for=198.51.100.7"),
+        ]
+    )
+    async with client.get(proxy.url + "/echo/xff", headers=chain) as response:
+        received = (await response.json())["headers"]
+    assert received["x-forwarded-for"] == ["203.0.113.9, 198.51.100.7, 127.0.0.1"]
+    assert received["x-forwarded-proto"] == ["http"]  # only http or https is believed
+    host = f"127.0.0.1:{proxy.server.port}"
+    assert received["forwarded"] == [
+        f'for=203.0.113.9;proto=https, for=198.51.100.7, for=127.0.0.1;host="{host}";proto=http'
+    ]
+
+
+async def test_an_untrusted_forwarded_header_is_replaced(
+    backend: RunningServer, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(backend.url)
+    spoofed = {"Forwarded": "for=6.6.6.6;proto=https", "X-Forwarded-Proto": "https"}
+    async with client.get(proxy.url + "/echo/fwd", headers=spoofed) as response:
+        received = (await response.json())["headers"]
+    host = f"127.0.0.1:{proxy.server.port}"
+    assert received["forwarded"] == [f'for=127.0.0.1;host="{host}";proto=http']
+    assert received["x-forwarded-proto"] == ["http"]
 
 
 async def test_sane_request_id_is_kept_and_sent_upstream(

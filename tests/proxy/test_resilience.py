@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from sora2.proxy import CircuitState, Health
+from sora2.proxy import CircuitState, Failure, Health
 from tests.fakes.backend import BackendState, create_backend
 from tests.fakes.fault_relay import Fault, FaultRelay, blackhole_port
 from tests.fakes.servers import RunningServer, free_port, start_app
@@ -85,7 +85,8 @@ async def test_post_is_retried_when_the_connection_was_refused(
     backend_state: BackendState, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
     backend = await start_app(create_backend(backend_state))
-    proxy = await make_proxy(backend.url)
+    # The application's own advice replaces the proxy's neutral default.
+    proxy = await make_proxy(backend.url, suggestions={Failure.REFUSED: "Run sora2 dev api."})
     async with client.get(proxy.url + "/echo/up") as response:
         assert response.status == 200
     await backend.stop()  # the api just died; the proxy has not noticed yet
@@ -96,7 +97,7 @@ async def test_post_is_retried_when_the_connection_was_refused(
     assert body["error"] == "Backend API Connection Refused"
     assert body["details"]["errorCode"] == "ECONNREFUSED"
     assert body["details"]["attempts"] == 3  # nothing was sent, so retrying was safe
-    assert "sora2 dev api" in body["details"]["suggestion"]
+    assert body["details"]["suggestion"] == "Run sora2 dev api."
     assert body["requestId"] == response.headers["X-Request-ID"]
 
 
@@ -111,6 +112,7 @@ async def test_truncated_response_body_is_a_bad_gateway_not_a_short_success(
         assert response.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await response.read()
+    assert proxy.proxy.metrics.truncated_responses == 1  # counted, and logged as truncated
 
 
 async def test_backend_503_is_retried_for_get_honouring_retry_after(
@@ -359,3 +361,65 @@ async def test_backend_that_never_starts_is_reported_after_the_startup_grace(
     async with client.get(proxy.url + "/echo/later") as response:
         assert response.status == 503
     assert time.monotonic() - sent < 1.0
+
+
+async def test_the_duration_histogram_measures_up_to_the_response_headers(
+    backend: RunningServer,
+    backend_state: BackendState,
+    make_proxy: MakeProxy,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = await make_proxy(backend.url)
+    caplog.set_level("INFO", logger="sora2.proxy")
+    started = time.monotonic()
+    async with client.get(proxy.url + "/sse") as stream:
+        backend_state.sse_release.put_nowait("one")
+        assert await stream.content.readline() == b"data: one\n"
+        await asyncio.sleep(0.5)  # a viewer watching for a while
+        backend_state.sse_release.put_nowait("__end__")
+        await stream.read()
+    watched = time.monotonic() - started
+    assert watched >= 0.5
+    histogram = proxy.proxy.metrics
+    assert histogram._duration_sum < 0.25  # the answer was quick; the watching was not
+    assert any("GET /api/proxy/sse 200" in line for line in caplog.messages)
+
+
+async def test_requests_wait_for_a_backend_restarted_on_purpose_but_fail_fast_in_an_outage(
+    backend_state: BackendState, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    port = free_port()
+    backend = await start_app(create_backend(backend_state), port)
+    restarting: list[float] = []  # what the launcher's signal says: seconds left, if any
+    proxy = await make_proxy(
+        backend.url, restart_signal=lambda: restarting[0] if restarting else 0.0
+    )
+    async with client.get(proxy.url + "/echo/up") as response:
+        assert response.status == 200
+    await eventually(lambda: proxy.proxy.health.ever_up)
+
+    restarting.append(10.0)
+    await backend.stop()
+    pending = [
+        asyncio.ensure_future(client.get(proxy.url + "/echo/during")),
+        asyncio.ensure_future(client.post(proxy.url + "/echo/during", json={"n": 1})),
+    ]
+    await eventually(lambda: proxy.proxy.metrics.attempts["refused"] >= 2)
+    assert not any(request.done() for request in pending)  # held, not failed
+    backend = await start_app(create_backend(backend_state), port)
+    restarting.clear()
+    try:
+        for request in pending:
+            response = await asyncio.wait_for(request, 5)
+            assert response.status == 200, await response.text()
+            response.release()
+        assert backend_state.count("/api/echo/during") == 2  # each sent once, after the restart
+    finally:
+        await backend.stop()
+
+    # No restart announced: a refused connection is an outage, and fails fast.
+    started = time.monotonic()
+    async with client.get(proxy.url + "/echo/outage") as response:
+        assert response.status == 503
+    assert time.monotonic() - started < 1.0

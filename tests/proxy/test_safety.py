@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 import aiohttp
@@ -14,6 +15,9 @@ from tests.proxy.conftest import FRONTEND, MakeProxy
 
 ESCAPES = [
     "/..",
+    "/..;/health",
+    "/echo/..;x/..;y/secret",
+    "/%EF%BC%8E%EF%BC%8E/secret",
     "/../health",
     "/echo/../../secret",
     "/%2e%2e/secret",
@@ -138,3 +142,40 @@ async def test_preflight_is_answered_for_the_allowed_origin_only(
         assert response.status == 403
         assert "Access-Control-Allow-Origin" not in response.headers
     assert backend_state.received == []
+
+
+async def test_a_preflight_allows_only_the_configured_request_headers(
+    backend: RunningServer, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(backend.url)
+    preflight = {
+        "Origin": FRONTEND,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type, x-admin-override, authorization",
+    }
+    async with client.options(proxy.url + "/videos", headers=preflight) as response:
+        assert response.status == 204
+        assert response.headers["Access-Control-Allow-Headers"] == "content-type, authorization"
+
+
+async def test_every_response_varies_on_origin(
+    backend: RunningServer, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(backend.url)
+    for path in ("/echo/plain", "/..%2fescape", "/status/503"):
+        async with client.get(proxy.url + path) as response:  # no Origin header at all
+            assert "Origin" in response.headers.getall("Vary", [])
+
+
+async def test_same_origin_behind_a_trusted_tls_proxy_may_write(
+    backend: RunningServer, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """The page is https://… at the TLS proxy in front; the web itself is reached over http."""
+    trusted = (ipaddress.ip_network("127.0.0.0/8"),)
+    proxy = await make_proxy(backend.url, trusted_proxies=trusted)
+    untrusting = await make_proxy(backend.url)
+    for server, expected in ((proxy, 200), (untrusting, 403)):
+        page_origin = f"https://127.0.0.1:{server.server.port}"
+        headers = {"Origin": page_origin, "X-Forwarded-Proto": "https"}
+        async with client.post(server.url + "/echo/write", headers=headers) as response:
+            assert response.status == expected

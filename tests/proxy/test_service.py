@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -32,7 +33,7 @@ class WebProcess:
 def start_web(tmp_path: Path) -> Iterator[object]:
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(api_url: str, **env: str) -> WebProcess:
+    def start(api_url: str, *, open_files: int | None = None, **env: str) -> WebProcess:
         port = free_port()
         log_dir = tmp_path / "logs"
         environment = {
@@ -51,6 +52,7 @@ def start_web(tmp_path: Path) -> Iterator[object]:
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=None if open_files is None else lambda: _lower_soft_limit(open_files),
         )
         started.append(process)
         return WebProcess(process, port, log_dir)
@@ -63,6 +65,12 @@ def start_web(tmp_path: Path) -> Iterator[object]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _lower_soft_limit(soft: int) -> None:
+    """What many systems start a service with: a soft limit of 1024 under a higher hard one."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 async def wait_until_serving(web: WebProcess, session: aiohttp.ClientSession) -> None:
@@ -137,7 +145,7 @@ async def test_one_log_line_per_request_without_secrets(
         "X-Request-ID": "trace-42",
     }
     async with session.post(
-        web.url + "/api/proxy/echo/login?token=sekrit-query&page=2",
+        web.url + "/api/proxy/echo/login?token=sekrit-query&page=2&email=sekrit@example.com",
         json={"password": "sekrit-password"},
         headers=headers,
     ) as response:
@@ -151,21 +159,34 @@ async def test_one_log_line_per_request_without_secrets(
     lines = [line for line in log_file.read_text().splitlines() if "trace-42" in line]
     assert len(lines) == 1
     line = lines[0]
-    assert "POST /api/proxy/echo/login?token=***&page=2 200 attempts=1" in line
+    # Only names known to be harmless keep their values (an allowlist: `email` is hidden too).
+    assert "POST /api/proxy/echo/login?token=***&page=2&email=*** 200 attempts=1" in line
     assert "sekrit" not in log_file.read_text()
 
 
 async def test_production_errors_carry_no_internal_detail(
     start_web, session: aiohttp.ClientSession
 ) -> None:
-    web = start_web(f"http://127.0.0.1:{free_port()}", PROXY_REQUEST_TIMEOUT_MS="300")
+    api_port = free_port()
+    web = start_web(f"http://127.0.0.1:{api_port}", PROXY_REQUEST_TIMEOUT_MS="300")
     await wait_until_serving(web, session)
     async with session.get(web.url + "/api/proxy/videos") as response:
         body = await response.json()
+        server = response.headers["Server"]
     assert response.status == 503
     assert set(body) == {"error", "message", "details", "requestId"}
     assert "cause" not in body["details"]
     assert "Traceback" not in str(body)
+    # No internal address, log path or command; no versions in Server.
+    text = str(body)
+    assert str(api_port) not in text
+    assert "127.0.0.1" not in text
+    assert "apiUrl" not in body["details"]
+    assert "logs/" not in text
+    assert "sora2 " not in text
+    assert server == "sora2"
+    async with session.get(web.url + "/healthz") as response:
+        assert response.headers["Server"] == "sora2"
 
 
 async def test_invalid_settings_are_reported_clearly(tmp_path: Path) -> None:
@@ -183,3 +204,12 @@ async def test_invalid_settings_are_reported_clearly(tmp_path: Path) -> None:
     assert "API_URL" in result.stderr
     assert "must be an absolute http(s) URL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_the_web_raises_its_open_file_limit_to_the_hard_limit(
+    backend: RunningServer, start_web, session: aiohttp.ClientSession
+) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    web = start_web(backend.url, open_files=256)
+    await wait_until_serving(web, session)
+    assert psutil.Process(web.process.pid).rlimit(psutil.RLIMIT_NOFILE) == (hard, hard)

@@ -121,3 +121,22 @@ def test_two_processes_share_the_port_and_survive_one_being_killed(
 
 def _answerers(port: int, path: str, copies: list[psutil.Process]) -> set[int | None]:
     return {_ask(port, path, copies) for _ in range(20)}
+
+
+def test_the_copies_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sora2", "serve", "web", "--workers", "2"],
+        env=_environment(tmp_path, port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    parent = psutil.Process(process.pid)
+    _until("two listening processes", lambda: len(_listeners(parent, port)) == 2)
+    copies = _listeners(parent, port)
+    process.kill()
+    process.wait(10)
+    _, alive = psutil.wait_procs(copies, timeout=20)
+    assert alive == []
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -89,12 +89,19 @@ def test_retry_budget_is_a_share_of_requests_in_flight_with_a_floor() -> None:
         ("a=1; path=/api/auth; HttpOnly", "a=1; path=/api/proxy/auth; HttpOnly"),
         ("a=1; Path = /api/", "a=1; Path = /api/proxy/"),
         ("a=1; Path=/apiary", "a=1; Path=/apiary"),
+        ("a=1; PATH=/api/x", "a=1; PATH=/api/proxy/x"),
+        ("a=1; Path=/API/x", "a=1; Path=/API/x"),  # paths are case-sensitive
         ("a=1; Path=/", "a=1; Path=/"),
         ("a=1", "a=1"),
     ],
 )
 def test_cookie_paths(cookie: str, expected: str) -> None:
-    assert rewrite_cookie_path(cookie, "/api/proxy") == expected
+    assert rewrite_cookie_path(cookie, "/api", "/api/proxy") == expected
+
+
+def test_cookie_paths_follow_the_configured_prefixes() -> None:
+    assert rewrite_cookie_path("a=1; Path=/v2/x", "/v2", "/backend") == "a=1; Path=/backend/x"
+    assert rewrite_cookie_path("a=1; Path=/api/x", "/v2", "/backend") == "a=1; Path=/api/x"
 
 
 def test_locations_into_the_api_are_rewritten() -> None:
@@ -110,6 +117,16 @@ def test_locations_into_the_api_are_rewritten() -> None:
     assert rewrite("http://127.0.0.1:3101/api/videos?page=2") == "/api/proxy/videos?page=2"
     assert rewrite("/apiary") == "/apiary"
     assert rewrite("https://cdn.example/file.mp4") == "https://cdn.example/file.mp4"
+    # Every form in which the backend may name itself.
+    assert rewrite("HTTP://127.0.0.1:3101/api/videos/1") == "/api/proxy/videos/1"
+    assert rewrite("http://localhost:3101/api/videos/1") == "/api/proxy/videos/1"
+    assert rewrite("//127.0.0.1:3101/api/videos/1") == "/api/proxy/videos/1"
+    assert rewrite("http://LOCALHOST:3101/api") == "/api/proxy"
+    # ...but not another port, another host, another scheme or another case of the path.
+    assert rewrite("http://127.0.0.1:9999/api/x") == "http://127.0.0.1:9999/api/x"
+    assert rewrite("//cdn.example/api/x") == "//cdn.example/api/x"
+    assert rewrite("ftp://127.0.0.1:3101/api/x") == "ftp://127.0.0.1:3101/api/x"
+    assert rewrite("/API/videos") == "/API/videos"
 
 
 @pytest.mark.parametrize("path", ["", "/", "/videos", "/videos/1/content", "/a%2Fb", "/x%20y"])
@@ -118,7 +135,23 @@ def test_plain_paths_are_forwarded_unchanged(path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/..", "/a/../b", "/%2e%2E", "//x", "/a%2F%2Fb", "/a%5Cb", "/%0a", "/javascript:x"]
+    "path",
+    [
+        "/..",
+        "/a/../b",
+        "/%2e%2E",
+        "//x",
+        "/a%2F%2Fb",
+        "/a%5Cb",
+        "/%0a",
+        "/javascript:x",
+        "/..;/admin",
+        "/a/..;x/b",
+        "/%2e%2e;/x",
+        "/%EF%BC%8E%EF%BC%8E/x",  # full-width dots
+        "/%EF%BC%8E",
+        "/\uff0e\uff0e/x",
+    ],
 )
 def test_escaping_paths_are_refused(path: str) -> None:
     with pytest.raises(UnsafePath):
@@ -142,3 +175,17 @@ def test_log_lines_read_as_log_format_says_tracebacks_included() -> None:
         twin = logging.makeLogRecord(record.__dict__)
         assert ours.format(record) == stock.format(twin)
     assert "] GET /api/proxy/x 200\nTraceback" in ours.format(record)
+
+
+def test_a_slow_half_open_probe_holds_others_back_no_longer_than_its_timeout() -> None:
+    clock = FakeClock()
+    circuit = CircuitBreaker(failure_threshold=1, open_time=0.5, probe_timeout=1.0, clock=clock)
+    circuit.record_failure()
+    clock.now += 0.5
+    assert circuit.allow()  # the probe, which then takes its time
+    clock.now += 0.9
+    assert not circuit.allow()
+    clock.now += 0.1
+    assert circuit.allow()  # the slow probe no longer blocks: another request probes
+    circuit.record_success()
+    assert circuit.state is CircuitState.CLOSED

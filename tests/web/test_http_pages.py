@@ -221,9 +221,41 @@ async def test_prices_and_the_welcome_gift_come_from_the_settings_the_api_uses(
     server = await start_app(create_app(settings))
     try:
         async with client.get(server.url + "/") as response:
+            landing = await response.text()
+        async with client.get(server.url + "/pricing") as response:
+            assert response.status == 200
             html = await response.text()
     finally:
         await server.stop()
+    assert "start with 250 free credits" in landing
     assert "start with 250 free credits" in html
     # sora-2-pro at 5 credits a second: 20, 40 and 60 for 4, 8 and 12 seconds.
-    assert re.search(r"sora-2-pro</th><td>20</td><td>40</td><td>60</td>", html)
+    row = html[html.index('data-model="sora-2-pro"') :].split("</tr>")[0]
+    assert "<td data-per-second>5</td>" in row
+    assert [int(n) for n in re.findall(r"(\d+) credits</li>", row)] == [20, 40, 60]
+
+
+async def test_pricing_follows_the_catalog_file_and_needs_no_provider_key(
+    client: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fakes.catalogs import DESIGN_CATALOG, write_catalog
+
+    monkeypatch.delenv("GATEWAY_KEYS", raising=False)
+    settings = load_settings(
+        api_url=f"http://127.0.0.1:{free_port()}",
+        app_env="test",
+        models_file=write_catalog(tmp_path, DESIGN_CATALOG),
+    )
+    server = await start_app(create_app(settings))
+    try:
+        async with client.get(server.url + "/pricing") as response:
+            html = await response.text()
+    finally:
+        await server.stop()
+    row = html[html.index('data-model="veo-3.1"') :].split("</tr>")[0]
+    assert "Veo 3.1" in row
+    assert "<td data-per-second>2</td>" in row
+    assert [int(n) for n in re.findall(r"(\d+) credits</li>", row)] == [8, 12, 16]
+    assert "starts from an image" in row
+    for hidden in ("127.0.0.1:4000", "gemini/veo", "GATEWAY_KEYS"):
+        assert hidden not in html

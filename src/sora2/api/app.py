@@ -18,7 +18,9 @@ from fastapi.responses import JSONResponse
 
 from sora2 import __version__
 from sora2.api.admin.routes import router as admin_router
+from sora2.api.auth.reset_routes import router as password_reset_router
 from sora2.api.auth.routes import router as auth_router
+from sora2.api.catalog.routes import router as models_router
 from sora2.api.context import ApiContext
 from sora2.api.credits.routes import router as credits_router
 from sora2.api.db.migrate import prepare_schema
@@ -26,6 +28,8 @@ from sora2.api.errors import install_error_handlers
 from sora2.api.health.routes import router as health_router
 from sora2.api.middleware import RequestContextMiddleware
 from sora2.api.providers.base import VideoProvider
+from sora2.api.shares.routes import owner_router as share_owner_router
+from sora2.api.shares.routes import public_router as shared_router
 from sora2.api.users.routes import router as users_router
 from sora2.api.videos.routes import router as videos_router
 from sora2.settings import Settings
@@ -41,15 +45,16 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
         await prepare_schema(context.database, apply=not settings.is_production)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(context.database.dispose)
+            stack.push_async_callback(context.mailer.drain)
             await stack.enter_async_context(context.live.running())
-            context.provider = provider or _provider_for_health(settings)
+            context.provider = provider or _provider_for_health(context)
             if provider is None and context.provider is not None:
                 stack.push_async_callback(context.provider.close)
             if settings.runs_embedded_worker:
                 from sora2.api.jobs.worker import Worker
 
                 if context.provider is None:  # say why, loudly: a worker cannot run without one
-                    context.provider = _provider_from_settings(settings)
+                    context.provider = _provider_from_catalog(context)
                 worker = Worker(
                     settings=settings,
                     database=context.database,
@@ -76,9 +81,13 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
     for router in (
         health_router,
         auth_router,
+        password_reset_router,
         users_router,
         credits_router,
+        models_router,
         videos_router,
+        share_owner_router,
+        shared_router,
         admin_router,
     ):
         app.include_router(router)
@@ -104,22 +113,22 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
     return app
 
 
-def _provider_for_health(settings: Settings) -> VideoProvider | None:
+def _provider_for_health(context: ApiContext) -> VideoProvider | None:
     """The provider, or None (logged, and shown by `/api/health`) when it cannot be set up.
 
     Without an embedded worker the api needs the provider only to report its state, so a broken
     provider set-up must not keep accounts and the gallery from working.
     """
     try:
-        return _provider_from_settings(settings)
+        return _provider_from_catalog(context)
     except Exception as error:
-        if settings.runs_embedded_worker:
+        if context.settings.runs_embedded_worker:
             raise
-        logger.error("video provider %r unavailable: %s", settings.video_provider, error)
+        logger.error("video providers unavailable: %s", error)
         return None
 
 
-def _provider_from_settings(settings: Settings) -> VideoProvider:
+def _provider_from_catalog(context: ApiContext) -> VideoProvider:
     from sora2.api.providers.factory import create_provider
 
-    return create_provider(settings)
+    return create_provider(context.settings, context.catalog)

@@ -1,4 +1,5 @@
-"""The api's commands: `sora2 db upgrade|check`, `sora2 user create`, and the worker process."""
+"""The api's commands: `sora2 db upgrade|check`, the worker process, and `sora2 user create|list|
+set-role|ban|unban|credits add`, `sora2 models` (their work is in `sora2.api.users.commands`)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,44 @@ def register(commands: Commands) -> None:
     create.add_argument("--nickname", required=True)
     create.add_argument("--admin", action="store_true", help="give the account the admin role")
     create.set_defaults(handler=_user_create)
+    _register_user_admin(user_commands)
+
+    models = commands.add_parser(
+        "models", help="list the model catalog and ask each provider whether it answers"
+    )
+    models.set_defaults(handler=_models)
+
+
+def _register_user_admin(user_commands: Commands) -> None:
+    """`sora2 user list | set-role | ban | unban | credits add` (work in `api.users.commands`)."""
+    listing = user_commands.add_parser("list", help="list accounts, newest first")
+    listing.add_argument("--search", help="part of an email or nickname")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (1-100)")
+    listing.add_argument("--json", action="store_true", help="print JSON lines")
+    listing.set_defaults(handler=_user_list)
+    who = "the account's id or email"
+    role = user_commands.add_parser("set-role", help="make an account an admin, or a user again")
+    role.add_argument("user", help=who)
+    role.add_argument("role", choices=["user", "admin"])
+    role.add_argument("--reason", help="kept in the audit log")
+    role.set_defaults(handler=_user_set_role)
+    for action, status, text in (
+        ("ban", "banned", "suspend an account and end its sessions"),
+        ("unban", "active", "reinstate a suspended account"),
+    ):
+        parser = user_commands.add_parser(action, help=text)
+        parser.add_argument("user", help=who)
+        parser.add_argument("--reason", help="kept in the audit log")
+        parser.set_defaults(handler=_user_set_status, status=status)
+    credits = user_commands.add_parser("credits", help="adjust an account's credits")
+    credits_commands = credits.add_subparsers(
+        dest="credits_command", required=True, metavar="ACTION"
+    )
+    add = credits_commands.add_parser("add", help="add credits (a negative amount removes)")
+    add.add_argument("user", help=who)
+    add.add_argument("amount", type=int, help="credits to add, e.g. 50 or -20")
+    add.add_argument("--reason", required=True, help="shown to the user in their ledger")
+    add.set_defaults(handler=_user_credits_add)
 
 
 def serve_worker(_args: argparse.Namespace) -> int:
@@ -52,6 +91,25 @@ def serve_worker(_args: argparse.Namespace) -> int:
     except PendingMigrations as error:
         raise CommandExit(str(error), 1) from None
     return 0
+
+
+def _models(_args: argparse.Namespace) -> int:
+    """`sora2 models`: exit 1 when the catalog is invalid or a provider does not answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sora2.api.catalog.probe import describe, probe
+    from sora2.catalog import CatalogError, load_catalog
+
+    settings = settings_or_exit()
+    try:
+        catalog = load_catalog(settings)
+    except CatalogError as error:
+        raise CommandExit(str(error), 1) from None
+    providers = catalog.used_providers()
+    with ThreadPoolExecutor(max_workers=max(1, len(providers))) as pool:
+        answers = dict(zip((p.name for p in providers), pool.map(probe, providers), strict=True))
+    print("\n".join(describe(catalog, answers)))
+    return 0 if all(answer.ok for answer in answers.values()) else 1
 
 
 def _db_upgrade(_args: argparse.Namespace) -> int:
@@ -122,6 +180,7 @@ def _db_check(args: argparse.Namespace) -> int:
 def _user_create(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from sora2.api.audit.service import Actor, record
     from sora2.api.auth.schemas import RegisterIn
     from sora2.api.auth.security import Passwords
     from sora2.api.auth.service import create_user
@@ -154,6 +213,14 @@ def _user_create(args: argparse.Namespace) -> int:
                     signup_credits=settings.signup_credits,
                     role="admin" if args.admin else "user",
                 )
+                record(
+                    session,
+                    actor=Actor.command_line(),
+                    action="user.create",
+                    target_type="user",
+                    target_id=user.id,
+                    after={"email": user.email, "role": user.role, "credits": user.credits},
+                )
                 await session.commit()
                 return user.id
         finally:
@@ -164,6 +231,96 @@ def _user_create(args: argparse.Namespace) -> int:
     except ApiError as error:
         raise CommandExit(error.message, 1) from None
     print(f"created {'admin' if args.admin else 'user'} {body.email} (id {user_id})")
+    return 0
+
+
+def _with_database(work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    """Runs `work(database)` on a checked schema; an `ApiError` becomes the command's message."""
+    from sora2.api.db import Database
+    from sora2.api.db.migrate import prepare_schema
+    from sora2.api.errors import ApiError
+
+    settings = settings_or_exit()
+
+    async def run() -> T:
+        database = Database(settings.resolved_database_url)
+        try:
+            await prepare_schema(database, apply=not settings.is_production)
+            return await work(database)
+        finally:
+            await database.dispose()
+
+    try:
+        return _run_db(run)
+    except ApiError as error:
+        raise CommandExit(error.message, 1) from None
+
+
+def _describe(user: Any) -> str:
+    return (
+        f"{user.id}  {user.email}  {user.role}  {user.status}  {user.credits} credits  "
+        f"{user.nickname}"
+    )
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    from sora2.api.users import commands
+
+    if not 1 <= args.limit <= 100:
+        raise CommandExit("--limit must be between 1 and 100")
+    users = _with_database(lambda db: commands.list_users(db, search=args.search, limit=args.limit))
+    for user in users:
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "id": user.id,
+                        "email": user.email,
+                        "nickname": user.nickname,
+                        "role": user.role,
+                        "status": user.status,
+                        "credits": user.credits,
+                        "createdAt": user.created_at.isoformat(),
+                    }
+                )
+            )
+        else:
+            print(_describe(user))
+    return 0
+
+
+def _user_set_role(args: argparse.Namespace) -> int:
+    from sora2.api.users import commands
+
+    user = _with_database(
+        lambda db: commands.set_role(db, who=args.user, role=args.role, reason=args.reason)
+    )
+    print(f"{user.email} is now {user.role}")
+    return 0
+
+
+def _user_set_status(args: argparse.Namespace) -> int:
+    from sora2.api.users import commands
+
+    user = _with_database(
+        lambda db: commands.set_status(db, who=args.user, status=args.status, reason=args.reason)
+    )
+    print(f"{user.email} is now {user.status}")
+    return 0
+
+
+def _user_credits_add(args: argparse.Namespace) -> int:
+    from sora2.api.users import commands
+
+    reason = args.reason.strip()
+    if not 1 <= len(reason) <= 200:
+        raise CommandExit("--reason must be 1 to 200 characters")
+    if not -1_000_000 <= args.amount <= 1_000_000:
+        raise CommandExit("the amount must be between -1000000 and 1000000")
+    user = _with_database(
+        lambda db: commands.add_credits(db, who=args.user, amount=args.amount, reason=reason)
+    )
+    print(f"{user.email} now has {user.credits} credits")
     return 0
 
 

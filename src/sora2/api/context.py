@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sora2.api.auth.client_ip import ClientAddress
-from sora2.api.auth.ratelimit import RateLimiter
+from sora2.api.auth.ratelimit import RateLimiter, rate_limiter
 from sora2.api.auth.security import AccessTokens, Passwords
 from sora2.api.db import Database
 from sora2.api.events import VideoEvents
 from sora2.api.live import LiveProgress
+from sora2.api.mail import Mailer
 from sora2.api.metrics import ApiMetrics
 from sora2.api.providers.base import VideoProvider
-from sora2.api.storage import LocalStorage, Storage
+from sora2.api.storage import Storage
+from sora2.catalog import Catalog, load_catalog
 from sora2.settings import Settings
 
 
@@ -25,6 +27,8 @@ class ApiContext:
     limiter: RateLimiter
     client_address: ClientAddress
     storage: Storage
+    mailer: Mailer
+    catalog: Catalog
     live: LiveProgress
     events: VideoEvents
     metrics: ApiMetrics
@@ -43,9 +47,11 @@ class ApiContext:
                 secret=settings.resolved_jwt_secret(),
                 ttl_seconds=settings.access_token_ttl_seconds,
             ),
-            limiter=RateLimiter(window_seconds=settings.rate_limit_window_seconds),
+            limiter=rate_limiter(database, window_seconds=settings.rate_limit_window_seconds),
             client_address=ClientAddress(settings.proxy_trusted_proxies),
             storage=media_storage(settings),
+            mailer=Mailer.from_settings(settings),
+            catalog=load_catalog(settings),
             live=LiveProgress(
                 database,
                 events,
@@ -58,5 +64,6 @@ class ApiContext:
         )
 
 
-def media_storage(settings: Settings) -> LocalStorage:
-    return LocalStorage(settings.data_dir / "media")
+def media_storage(settings: Settings) -> Storage:
+    """The store `STORAGE_URL` names; files being written wait in `DATA_DIR/scratch`."""
+    return Storage.from_url(settings.resolved_storage_url, scratch=settings.data_dir / "scratch")

@@ -176,6 +176,8 @@ def _ids_param(ids: Sequence[str], *, sqlite: bool) -> object:
 
 
 class LiveProgress:
+    """The watchers of one api process and the poller that feeds them (see the module's doc)."""
+
     def __init__(
         self,
         database: Database,
@@ -208,11 +210,19 @@ class LiveProgress:
             )
         )
         self._failing = False
+        self._closing = False
         events.subscribe(self.changed)
 
-    @property
-    def watchers(self) -> int:
-        return sum(len(watched.watchers) for watched in self._videos.values())
+    def close(self) -> None:
+        """Ends every stream, and any that starts from now on: the process is shutting down.
+
+        Streams never end on their own, so the server would wait its whole graceful-shutdown
+        timeout for them; ended, their clients reconnect (with `Last-Event-ID`) to a process
+        that stays, and miss nothing."""
+        self._closing = True
+        for watched in self._videos.values():
+            for watcher in watched.watchers:
+                watcher.end()
 
     # --- what wakes the poller -------------------------------------------------------------
 
@@ -242,6 +252,8 @@ class LiveProgress:
 
         Registers when the response starts and unregisters however it ends (done, the client
         gone, its session revoked), so an abandoned stream never stays watched."""
+        if self._closing:
+            return
         video_id: str = video["id"]
         watcher = Watcher(
             video_id, user_id=user_id, session_id=session_id, last_event_id=last_event_id

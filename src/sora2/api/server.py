@@ -10,6 +10,7 @@ from types import FrameType
 import uvicorn
 
 from sora2.api.app import create_app
+from sora2.api.live import LiveProgress
 from sora2.logs import configure_logging
 from sora2.serving import run_copies
 from sora2.settings import Settings
@@ -61,11 +62,27 @@ def serve(settings: Settings, *, workers: int = 1) -> int:
     )
 
 
+class _Server(uvicorn.Server):
+    """Ends the live-progress streams as shutdown begins, once no new connection can come in:
+    otherwise a reload or a deploy would wait `timeout_graceful_shutdown` for them."""
+
+    def __init__(self, config: uvicorn.Config, live: LiveProgress) -> None:
+        super().__init__(config)
+        self.live = live
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        self.live.close()
+        await super().shutdown(sockets)
+
+
 def _serve_process(settings: Settings, sock: socket.socket | None, *, log_name: str) -> None:
     configure_logging(log_name, level=settings.log_level, log_dir=settings.log_dir)
     signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,
@@ -75,4 +92,5 @@ def _serve_process(settings: Settings, sock: socket.socket | None, *, log_name: 
         loop="uvloop",
         http="httptools",
     )
-    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+    server = _Server(config, app.state.context.live)
+    server.run(sockets=[sock] if sock is not None else None)

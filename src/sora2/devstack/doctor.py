@@ -14,6 +14,7 @@ import importlib.util
 import ipaddress
 import json
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -48,7 +49,11 @@ def diagnose() -> list[Finding]:
     findings.extend(check_api(settings))
     findings.extend(check_database(settings, settings_valid=settings_valid))
     findings.extend(check_folders(settings))
+    findings.extend(check_storage(settings, settings_valid=settings_valid))
+    findings.append(check_open_files(settings))
+    findings.extend(check_catalog(settings, settings_valid=settings_valid))
     findings.extend(check_provider(settings, settings_valid=settings_valid))
+    findings.extend(check_mail(settings))
     return findings
 
 
@@ -523,6 +528,36 @@ def _database_description(settings: Settings) -> str:
     return f"{parts.scheme.split('+')[0]} at {parts.hostname}:{parts.port or 5432}/{name}"
 
 
+# --- open files ------------------------------------------------------------------------------
+
+
+def check_open_files(settings: Settings, limits: tuple[int, int] | None = None) -> Finding:
+    """The web raises its open-file soft limit to the hard limit at start, so the hard limit is
+    what bounds how many viewers it can hold: two files per proxied connection."""
+    soft, hard = limits or resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = settings.web_open_files_needed
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        return Finding(
+            "open files",
+            "ok",
+            f"limit {soft} (hard {_limit_text(hard)}); the web raises it to the hard limit, "
+            f"enough for PROXY_POOL_SIZE={settings.proxy_pool_size} ({needed} files)",
+        )
+    return Finding(
+        "open files",
+        "warn",
+        f"hard open-file limit {hard} is below the {needed} files the web needs for "
+        f"PROXY_POOL_SIZE={settings.proxy_pool_size} connections: beyond about "
+        f"{max(0, (hard - 256) // 2)} open streams, new connections fail",
+        f"raise the hard limit (ulimit -Hn {needed} in the shell that starts it, or "
+        f"LimitNOFILE={needed} in a systemd unit), or lower PROXY_POOL_SIZE",
+    )
+
+
+def _limit_text(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+
 # --- folders and provider ----------------------------------------------------------------------
 
 
@@ -549,7 +584,37 @@ def _check_writable(variable: str, folder: Path) -> Finding:
     return Finding(label, "ok", f"{folder.resolve()} is writable")
 
 
+def check_storage(settings: Settings, *, settings_valid: bool) -> list[Finding]:
+    """Asks the api's CLI (`sora2 storage check --json`) to write, read back and delete a small
+    object in the store `STORAGE_URL` names: a subprocess, as for the database."""
+    if not settings_valid:
+        return [Finding("storage", "warn", "not checked: the settings are invalid")]
+    command = [sys.executable, "-m", "sora2", "storage", "check", "--json"]
+    try:
+        result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+            command, capture_output=True, text=True, timeout=DB_CHECK_TIMEOUT, check=False
+        )
+        document = json.loads(result.stdout)
+    except subprocess.TimeoutExpired:
+        return [
+            Finding(
+                "storage",
+                "fail",
+                f"{settings.resolved_storage_url} did not answer within {DB_CHECK_TIMEOUT:g} s",
+                "check AWS_ENDPOINT_URL and that the store is up",
+            )
+        ]
+    except ValueError:
+        reason = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        return [Finding("storage", "fail", reason[-1].removeprefix("sora2: "))]
+    if document.get("writable"):
+        return [Finding("storage", "ok", f"{document['url']} is reachable and writable")]
+    return [Finding("storage", "fail", str(document["message"]), str(document.get("fix", "")))]
+
+
 def check_provider(settings: Settings, *, settings_valid: bool) -> list[Finding]:
+    if settings.models_file is not None and settings_valid:
+        return []  # the catalog's providers were described with it
     if not settings_valid:
         # The settings may have been relaxed to the local provider just to check the rest.
         return [
@@ -585,6 +650,77 @@ def check_provider(settings: Settings, *, settings_valid: bool) -> list[Finding]
                 "set OPENAI_BASE_URL to a service speaking the same /videos contract",
             )
         )
+    return findings
+
+
+def check_mail(settings: Settings) -> list[Finding]:
+    """Password-reset mail needs SMTP_URL; without it only development has a way out (the log)."""
+    if settings.smtp_url:
+        parts = urlsplit(settings.smtp_url)
+        where = f"{parts.scheme}://{parts.hostname}:{parts.port or 'default port'}"
+        return [
+            Finding("mail", "ok", f"password-reset mail through {where}, from {settings.mail_from}")
+        ]
+    if settings.is_production:
+        return [
+            Finding(
+                "mail",
+                "fail",
+                "SMTP_URL is not set: nobody can reset a forgotten password (no mail is sent, "
+                "and production never writes reset links to the log)",
+                "set SMTP_URL (smtp+starttls://user:pass@host:587 or smtps://…:465) and MAIL_FROM",
+            )
+        ]
+    return [
+        Finding(
+            "mail",
+            "warn",
+            "SMTP_URL is not set: password-reset links are written to the api's log instead"
+            if settings.is_development
+            else "SMTP_URL is not set: password-reset mail is not sent",
+            "set SMTP_URL and MAIL_FROM to send real mail",
+        )
+    ]
+
+
+def check_catalog(settings: Settings, *, settings_valid: bool) -> list[Finding]:
+    """The model catalog, checked as the services check it at start: one line per problem."""
+    if not settings_valid:
+        return []
+    from sora2.catalog import CatalogError, load_catalog
+
+    try:
+        catalog = load_catalog(settings)
+    except CatalogError as error:
+        fix = (
+            "edit MODELS_FILE as docs/models.md shows"
+            if settings.models_file
+            else ("correct VIDEO_PRICES (docs/configuration.md)")
+        )
+        return [Finding("model catalog", "fail", problem, fix) for problem in error.problems]
+    models = ", ".join(catalog.models)
+    findings = [
+        Finding(
+            "model catalog", "ok", f"{len(catalog.models)} model(s) from {catalog.source}: {models}"
+        )
+    ]
+    if settings.models_file is None:
+        return findings
+    for provider in catalog.used_providers():
+        if provider.kind == "local":
+            findings.append(Finding(f"provider {provider.name}", "ok", "local renderer"))
+            continue
+        detail = f"{provider.base_url}, {len(provider.keys)} key(s) from {provider.api_keys_env}"
+        findings.append(Finding(f"provider {provider.name}", "ok", detail))
+        if "api.openai.com" in (provider.base_url or "") and _today() >= OPENAI_VIDEOS_SHUTDOWN:
+            findings.append(
+                Finding(
+                    f"provider {provider.name}",
+                    "warn",
+                    "api.openai.com's Videos API shut down on 24 September 2026",
+                    "point base_url at a gateway speaking the same /videos contract",
+                )
+            )
     return findings
 
 

@@ -24,6 +24,8 @@ from sora2.devstack import ports
 from sora2.devstack.console import Console
 from sora2.devstack.process import ServiceProcess
 from sora2.devstack.reload import PACKAGE_ROOT, watch_and_reload
+from sora2.devstack.restart_signal import ENV_NAME as RESTART_SIGNAL_ENV
+from sora2.devstack.restart_signal import RestartSignal
 from sora2.devstack.runs import ProcessRecord, RunFile, RunRecord, ServiceRecord, stop_previous_run
 from sora2.devstack.supervise import CrashLoop, ServiceFailure, ServiceSpec, Supervisor
 from sora2.settings import Settings
@@ -223,10 +225,16 @@ def _service_specs(
             env.update(WEB_HOST=choice.host, WEB_PORT=str(choice.port))
             if "api" in choices:
                 env["API_URL"] = _api_url(settings, choices["api"], console)
+                env[RESTART_SIGNAL_ENV] = str(_restart_signal_path(settings))
         argv = (sys.executable, "-m", "sora2", "serve", service)
         health = choice.base_url + HEALTH_PATHS[service]
         specs.append(ServiceSpec(service, argv, env, choice.port, health))
     return specs
+
+
+def _restart_signal_path(settings: Settings) -> Path:
+    """One per launcher: two `sora2 dev` of one checkout never read each other's."""
+    return settings.data_dir.resolve() / f"api-restarting.{os.getpid()}"
 
 
 def _development_environment(settings: Settings) -> dict[str, str]:
@@ -270,7 +278,15 @@ async def _run(
     started_at: float,
 ) -> int:
     stop = asyncio.Event()
-    supervisors = [_supervisor(spec, options, console, run_file) for spec in specs]
+    restart_signal = None
+    if {spec.name for spec in specs} >= {"api", "web"}:
+        restart_signal = RestartSignal(_restart_signal_path(settings))
+    supervisors = [
+        _supervisor(
+            spec, options, console, run_file, restart_signal if spec.name == "api" else None
+        )
+        for spec in specs
+    ]
     _handle_stop_signals(stop, supervisors, console)
     run_file.save(RunRecord(ProcessRecord.of(os.getpid()), str(Path.cwd())))
     # Watching starts first, so a change saved while the services come up is not missed.
@@ -298,11 +314,17 @@ async def _run(
             reloader.cancel()
             await asyncio.gather(reloader, return_exceptions=True)
         await _stop_all(supervisors, console)
+        if restart_signal is not None:
+            restart_signal.clear()
         run_file.remove(os.getpid())
 
 
 def _supervisor(
-    spec: ServiceSpec, options: LaunchOptions, console: Console, run_file: RunFile
+    spec: ServiceSpec,
+    options: LaunchOptions,
+    console: Console,
+    run_file: RunFile,
+    restart_signal: RestartSignal | None,
 ) -> Supervisor:
     def record(process: ServiceProcess) -> None:
         with contextlib.suppress(psutil.Error):
@@ -316,6 +338,7 @@ def _supervisor(
         start_timeout=options.start_timeout,
         grace=options.grace,
         on_started=record,
+        restart_signal=restart_signal,
     )
 
 

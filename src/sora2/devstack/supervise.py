@@ -19,6 +19,7 @@ from typing import Any
 from sora2.devstack.console import Console
 from sora2.devstack.process import ServiceProcess, describe_exit
 from sora2.devstack.readiness import wait_until_ready
+from sora2.devstack.restart_signal import RestartSignal
 
 SHOWN_TAIL_LINES = 12
 # A reload waits less for the old process than a real stop does: an open event stream (a page
@@ -96,6 +97,7 @@ class Supervisor:
         grace: float,
         policy: CrashPolicy | None = None,
         on_started: Callable[[ServiceProcess], None] | None = None,
+        restart_signal: RestartSignal | None = None,
     ) -> None:
         self.spec = spec
         self.console = console
@@ -103,6 +105,8 @@ class Supervisor:
         self.grace = grace
         self.policy = policy or CrashPolicy()
         self.on_started = on_started
+        # Raised while this service is restarted on purpose, so the web holds its requests.
+        self.restart_signal = restart_signal
         self.process: ServiceProcess | None = None
         self._exited: asyncio.Future[int] | None = None
         self._reload = asyncio.Event()
@@ -188,9 +192,11 @@ class Supervisor:
         self._changes.clear()
         self._reload.clear()
         self.console.say(f"{self.name}: code changed ({changed}), restarting", about=self.name)
-        await self.stop(grace=min(self.grace, RELOAD_GRACE))
+        grace = min(self.grace, RELOAD_GRACE)
+        self._announce_restart(grace + self.start_timeout)
+        await self.stop(grace=grace)
         try:
-            seconds = await self.start()
+            seconds = await self._start_then_clear()
         except ServiceFailure as failure:
             self._down_until_change = True
             self.console.say(failure.explain(self._log_path()), about=self.name)
@@ -219,17 +225,30 @@ class Supervisor:
             f"{self.policy.max_crashes} allowed within {self.policy.window:g} s)",
             about=self.name,
         )
+        self._announce_restart(delay + self.start_timeout)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._reload.wait(), timeout=delay)
         if self._reload.is_set():
             await self._apply_reload()
             return
         try:
-            seconds = await self.start()
+            seconds = await self._start_then_clear()
         except ServiceFailure as failure:
             self._pending_reason = str(failure)
             return
         self.console.say(f"{self.name} is back, ready in {seconds:.2f} s", about=self.name)
+
+    def _announce_restart(self, expected_seconds: float) -> None:
+        if self.restart_signal is not None:
+            self.restart_signal.announce(expected_seconds)
+
+    async def _start_then_clear(self) -> float:
+        """`start()`; whatever its outcome, the restart is over: up, or an outage to report."""
+        try:
+            return await self.start()
+        finally:
+            if self.restart_signal is not None:
+                self.restart_signal.clear()
 
     def _log_path(self) -> object:
         return self.console.transcript_path(self.name)

@@ -16,6 +16,9 @@ class CircuitState(enum.IntEnum):
 class CircuitBreaker:
     """Closed → (threshold consecutive failures) → open → (after `open_time`) half-open, where one
     probe request at a time is let through: its success closes the circuit, its failure reopens it.
+
+    A probe that has not told anything within `probe_timeout` (a slow endpoint, say) no longer
+    holds the others back: the next request becomes a probe too.
     """
 
     def __init__(
@@ -23,17 +26,20 @@ class CircuitBreaker:
         *,
         failure_threshold: int,
         open_time: float,
+        probe_timeout: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[CircuitState], None] | None = None,
     ) -> None:
         self.failure_threshold = failure_threshold
         self.open_time = open_time
+        self.probe_timeout = probe_timeout
         self._clock = clock
         self._on_change = on_change
         self.state = CircuitState.CLOSED
         self.consecutive_failures = 0
         self.opened_at = 0.0
         self._probe_in_flight = False
+        self._probe_started = 0.0
 
     def allow(self) -> bool:
         """Whether a request may go upstream now; in half-open, True claims the single probe."""
@@ -43,9 +49,11 @@ class CircuitBreaker:
             if self._clock() - self.opened_at < self.open_time:
                 return False
             self._set(CircuitState.HALF_OPEN)
-        if self._probe_in_flight:
+        now = self._clock()
+        if self._probe_in_flight and now - self._probe_started < self.probe_timeout:
             return False
         self._probe_in_flight = True
+        self._probe_started = now
         return True
 
     def retry_after(self) -> float:

@@ -11,14 +11,25 @@ import asyncio
 
 
 class Deadline:
-    __slots__ = ("_handle", "_task", "expired")
+    __slots__ = ("_handle", "_loop", "_task", "expired", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         task = asyncio.current_task(loop)
         assert task is not None, "a Deadline belongs to a running task"
         self._task = task
+        self._loop = loop
         self.expired = False
+        self.when = when
         self._handle = loop.call_at(when, self._expire)
+
+    def move_to(self, when: float) -> None:
+        """Expire at `when` instead (sooner or later). Does nothing once expired or disarmed:
+        a body still being sent may report progress after the answer arrived."""
+        if self.expired or self._handle.cancelled():
+            return
+        self._handle.cancel()
+        self.when = when
+        self._handle = self._loop.call_at(when, self._expire)
 
     def _expire(self) -> None:
         self.expired = True

@@ -25,13 +25,36 @@ class BodyTooLarge(Exception):
 
 
 class ClientGone(Exception):
-    """The client went away before its request or our answer was complete."""
+    """The client went away, or stopped reading, before its request or our answer was complete."""
+
+
+class BodyStalled(Exception):
+    """The client stopped sending its request body for longer than the idle timeout."""
+
+
+def _nothing() -> None:
+    pass
 
 
 class StreamedBody:
-    """A request body forwarded as it arrives. It can be sent again only if no byte was read yet."""
+    """A request body forwarded as it arrives. It can be sent again only if no byte was read yet.
 
-    __slots__ = ("_content", "_limit", "sent", "started", "too_large")
+    `on_progress` runs before each wait for the next chunk (the proxy restarts its idle timer
+    there) and `on_sent` once the whole body has gone (the request deadline starts then, so a
+    long, steady upload is not cut off by it). `awaiting_client` tells, when a timer fires,
+    whether the client or the backend was the one holding things up.
+    """
+
+    __slots__ = (
+        "_content",
+        "_limit",
+        "awaiting_client",
+        "on_progress",
+        "on_sent",
+        "sent",
+        "started",
+        "too_large",
+    )
 
     def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
         self._content = content
@@ -39,22 +62,34 @@ class StreamedBody:
         self.sent = 0
         self.started = False
         self.too_large = False
+        self.awaiting_client = False
+        self.on_progress: Callable[[], None] = _nothing
+        self.on_sent: Callable[[], None] = _nothing
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._content.iter_chunked(STREAM_CHUNK_BYTES):
+        content = self._content
+        while True:
+            self.on_progress()
+            self.awaiting_client = True
+            chunk = await content.read(STREAM_CHUNK_BYTES)
+            self.awaiting_client = False
+            if not chunk:
+                break
             self.started = True
             self.sent += len(chunk)
             if self.sent > self._limit:
                 self.too_large = True
                 raise BodyTooLarge
             yield chunk
+        self.on_sent()
 
 
 RequestBody = bytes | StreamedBody | None
 
 
-async def read_request_body(request: web.Request, limit: int) -> RequestBody:
-    """None for no body, bytes when small and of known length, else a `StreamedBody`."""
+async def read_request_body(request: web.Request, limit: int, idle_timeout: float) -> RequestBody:
+    """None for no body, bytes when small and of known length, else a `StreamedBody`. Raises
+    `BodyStalled` when a small body stops arriving for `idle_timeout` seconds."""
     if not request.body_exists:
         return None
     length = request.content_length
@@ -62,9 +97,12 @@ async def read_request_body(request: web.Request, limit: int) -> RequestBody:
         raise BodyTooLarge
     if length is not None and length <= REPLAYABLE_BODY_BYTES:
         try:
-            return await request.content.readexactly(length)
+            async with asyncio.timeout(idle_timeout):
+                return await request.content.readexactly(length)
         except asyncio.IncompleteReadError:
             raise ClientGone from None
+        except TimeoutError:
+            raise BodyStalled from None
     return StreamedBody(request.content, limit)
 
 
@@ -99,15 +137,19 @@ async def stream_body(
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
     count_bytes: Callable[[int], None],
+    send_timeout: float,
 ) -> None:
     """Copy the body chunk by chunk, reporting each chunk's size to `count_bytes`. Raises
-    `StreamBroken` if the backend fails or stalls mid-way, `ClientGone` if the client leaves."""
+    `StreamBroken` if the backend fails or stalls mid-way, `ClientGone` if the client leaves or
+    stops reading for `send_timeout` seconds (its connection to the backend is then freed)."""
     while True:
         chunk = await _read(upstream.content.readany)
         if not chunk:
             return
         try:
-            await response.write(chunk)
-        except ConnectionError:
+            # A write only waits when the client's socket buffers are full: it is not reading.
+            async with asyncio.timeout(send_timeout):
+                await response.write(chunk)
+        except (ConnectionError, TimeoutError):
             raise ClientGone from None
         count_bytes(len(chunk))

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
+from urllib.parse import urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from sora2.proxy._config import Network
+from sora2.proxy._relay import has_raw_bytes
+
+# What the proxy's own responses say in `Server`: no product versions to look up exploits for.
+SERVER = "sora2"
 
 # Never forwarded in either direction (RFC 9110 §7.6.1), plus the ones the proxy sets itself.
 HOP_BY_HOP = frozenset(
@@ -46,7 +52,8 @@ _RESPONSE_DROPPED = HOP_BY_HOP | {
 }
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_COOKIE_API_PATH = re.compile(r"(;\s*path\s*=\s*)/api(?=/|;|\s|$)", re.IGNORECASE)
+_FORWARDED_PROTOS = frozenset({"http", "https"})
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
@@ -104,6 +111,31 @@ def is_trusted(peer: str | None, trusted: tuple[Network, ...]) -> bool:
     return any(address in network for network in trusted)
 
 
+def forwarded_proto(
+    incoming: CIMultiDictProxy[str], *, peer: str | None, scheme: str, trusted: tuple[Network, ...]
+) -> str:
+    """The scheme the client used: a trusted proxy's `X-Forwarded-Proto` when it is http or
+    https (anything else is ignored), else the scheme of the connection to us."""
+    if trusted and "x-forwarded-proto" in incoming and is_trusted(peer, trusted):
+        claimed = incoming["x-forwarded-proto"].strip().lower()
+        if claimed in _FORWARDED_PROTOS:
+            return claimed
+    return scheme
+
+
+def _forwarded_node(address: str) -> str:
+    """An RFC 7239 node: IPv6 addresses bracketed and quoted."""
+    return f'"[{address}]"' if ":" in address else address or "unknown"
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9.\-_~!$&'*+^`|]+")
+
+
+def _forwarded_host(host: str) -> str:
+    """A quoted-string when the host is not a plain token (a port's ':' is not one)."""
+    return host if _TOKEN.fullmatch(host) else '"' + host + '"'
+
+
 def upstream_request_headers(
     incoming: CIMultiDictProxy[str],
     *,
@@ -114,7 +146,9 @@ def upstream_request_headers(
     trusted: tuple[Network, ...],
     via: str,
 ) -> CIMultiDict[str]:
-    """End-to-end request headers plus `X-Forwarded-*`, `Via` and `X-Request-ID` for the backend."""
+    """End-to-end request headers plus `X-Forwarded-*`, `Forwarded`, `Via` and `X-Request-ID`
+    for the backend. What earlier proxies said is kept (every header line, joined) only when
+    they are trusted; from anyone else it is replaced by what this proxy saw itself."""
     dropped = _REQUEST_DROPPED
     named = _connection_tokens(incoming)
     if named:
@@ -123,34 +157,71 @@ def upstream_request_headers(
         (name, value) for name, value in incoming.items() if name.lower() not in dropped
     )
     peer_address = peer or ""
-    if is_trusted(peer, trusted):
-        prior = incoming.get("x-forwarded-for")
-        headers["X-Forwarded-For"] = f"{prior}, {peer_address}" if prior else peer_address
-        headers["X-Forwarded-Proto"] = incoming.get("x-forwarded-proto", scheme)
-        headers["X-Forwarded-Host"] = incoming.get("x-forwarded-host", host)
-    else:
-        headers["X-Forwarded-For"] = peer_address
-        headers["X-Forwarded-Proto"] = scheme
-        headers["X-Forwarded-Host"] = host
+    proto = scheme
+    prior_for = prior_forwarded = ""
+    if trusted and is_trusted(peer, trusted):
+        prior_for = ", ".join(incoming.getall("x-forwarded-for", ()))
+        prior_forwarded = ", ".join(incoming.getall("forwarded", ()))
+        proto = forwarded_proto(incoming, peer=peer, scheme=scheme, trusted=trusted)
+        host = incoming.get("x-forwarded-host", host)
+    headers["X-Forwarded-For"] = f"{prior_for}, {peer_address}" if prior_for else peer_address
+    headers["X-Forwarded-Proto"] = proto
+    headers["X-Forwarded-Host"] = host
+    element = f"for={_forwarded_node(peer_address)};host={_forwarded_host(host)};proto={proto}"
+    headers["Forwarded"] = f"{prior_forwarded}, {element}" if prior_forwarded else element
     prior_via = incoming.get("via")
     headers["Via"] = f"{prior_via}, {via}" if prior_via else via
     headers["X-Request-ID"] = request_id
     return headers
 
 
-def rewrite_cookie_path(set_cookie: str, public_prefix: str) -> str:
+@functools.lru_cache(maxsize=8)
+def _cookie_path_pattern(upstream_prefix: str) -> re.Pattern[str]:
+    # The attribute's name is case-insensitive (RFC 6265 §5.2); the path itself is not.
+    return re.compile(r"(;\s*(?i:path)\s*=\s*)" + re.escape(upstream_prefix) + r"(?=/|;|\s|$)")
+
+
+def rewrite_cookie_path(set_cookie: str, upstream_prefix: str, public_prefix: str) -> str:
     """`Path=/api/...` → `Path=/api/proxy/...`, so the browser sends the cookie back through us."""
-    return _COOKIE_API_PATH.sub(lambda match: match.group(1) + public_prefix, set_cookie)
+    pattern = _cookie_path_pattern(upstream_prefix)
+    return pattern.sub(lambda match: match.group(1) + public_prefix, set_cookie)
+
+
+def _same_backend(netloc: str, scheme: str, api: tuple[str, str, int | None]) -> bool:
+    """Whether `scheme://netloc` names the backend; loopback names are one another's aliases."""
+    api_scheme, api_host, api_port = api
+    try:
+        parts = urlsplit(f"{scheme}://{netloc}")
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        return False
+    host = (parts.hostname or "").lower()
+    if port != (api_port or (443 if api_scheme == "https" else 80)):
+        return False
+    return host == api_host or (host in _LOOPBACK_NAMES and api_host in _LOOPBACK_NAMES)
 
 
 def rewrite_location(
     location: str, *, api_url: str, upstream_prefix: str, public_prefix: str
 ) -> str:
     """A redirect into the backend's `/api/` becomes one into the proxy's prefix (like nginx's
-    `proxy_redirect default`); redirects anywhere else pass unchanged."""
-    for base in (api_url + upstream_prefix, upstream_prefix):
-        if location == base or location.startswith(base + "/") or location.startswith(base + "?"):
-            return public_prefix + location[len(base) :]
+    `proxy_redirect default`); redirects anywhere else pass unchanged. The backend may name
+    itself in any form: `/api/…`, `http://127.0.0.1:3101/api/…`, `HTTP://LOCALHOST:3101/api/…`,
+    `//127.0.0.1:3101/api/…`; the path prefix is matched case-sensitively, as paths are."""
+    path = location
+    if not location.startswith("/") or location.startswith("//"):
+        scheme, separator, rest = location.partition("//")
+        if not separator or (scheme and scheme.lower() not in ("http:", "https:")):
+            return location
+        netloc, slash, tail = rest.partition("/")
+        api = urlsplit(api_url)
+        api_host = (api.hostname or "").lower()
+        effective = scheme[:-1].lower() if scheme else (api.scheme or "http")
+        if not _same_backend(netloc, effective, (api.scheme, api_host, api.port)):
+            return location
+        path = slash + tail
+    if path == upstream_prefix or path.startswith((upstream_prefix + "/", upstream_prefix + "?")):
+        return public_prefix + path[len(upstream_prefix) :]
     return location
 
 
@@ -162,19 +233,23 @@ def downstream_response_headers(
     api_url: str,
     upstream_prefix: str,
     public_prefix: str,
-) -> CIMultiDict[str]:
-    """The backend's end-to-end response headers, with cookie paths and redirects made to work."""
+) -> tuple[CIMultiDict[str], bool]:
+    """The backend's end-to-end response headers, with cookie paths and redirects made to work;
+    and whether any of them holds bytes that are not UTF-8 (see _relay.py)."""
     dropped = _RESPONSE_DROPPED
     named = _connection_tokens(upstream)
     if named:
         dropped = dropped | named
     headers: CIMultiDict[str] = CIMultiDict()
+    raw_bytes = False
     for name, value in upstream.items():
         lowered = name.lower()
         if lowered in dropped:
             continue
+        if not value.isascii():
+            raw_bytes = raw_bytes or has_raw_bytes(value)
         if lowered == "set-cookie":
-            value = rewrite_cookie_path(value, public_prefix)
+            value = rewrite_cookie_path(value, upstream_prefix, public_prefix)
         elif lowered == "location":
             value = rewrite_location(
                 value, api_url=api_url, upstream_prefix=upstream_prefix, public_prefix=public_prefix
@@ -183,4 +258,6 @@ def downstream_response_headers(
     prior_via = upstream.get("via")
     headers["Via"] = f"{prior_via}, {via}" if prior_via else via
     headers["X-Request-ID"] = request_id
-    return headers
+    if "server" not in headers:
+        headers["Server"] = SERVER  # not aiohttp's, which names its version and Python's
+    return headers, raw_bytes

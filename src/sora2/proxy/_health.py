@@ -84,16 +84,33 @@ class HealthMonitor:
         """Traffic failed to reach the backend: check now instead of at the next interval."""
         self._wake.set()
 
+    def note_refused(self) -> None:
+        """Traffic met a refused connection: nobody listens, as good as a failed check (and a
+        request waiting for the backend must not take a stale "up" for an answer)."""
+        self.last_error = "connection refused"
+        self._checked_at = self._loop.time()
+        if self._verdict is not Health.DOWN:
+            self._mark(Health.DOWN)
+        self._wake.set()
+
     async def wait_until_up(self, timeout: float) -> bool:
+        """True once the backend answers a check, False after `timeout`. While someone waits,
+        checks run every MIN_CHECK_GAP rather than every FAST_INTERVAL: a restarting backend
+        is noticed within 50 ms of answering."""
         if self._up.is_set():
             return True
-        self._wake.set()
-        try:
-            async with asyncio.timeout(timeout):
-                await self._up.wait()
-        except TimeoutError:
-            return False
-        return True
+        until = self._loop.time() + timeout
+        while True:
+            self._wake.set()
+            remaining = until - self._loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                async with asyncio.timeout(min(remaining, MIN_CHECK_GAP)):
+                    await self._up.wait()
+            except TimeoutError:
+                continue
+            return True
 
     async def check(self) -> Health:
         self._probed_at = self._loop.time()

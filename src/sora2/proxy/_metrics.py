@@ -23,7 +23,7 @@ from prometheus_client.core import (
 from sora2.proxy._circuit import CircuitState
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-OUTCOMES = ("response", "refused", "connect_error", "reset", "timeout")
+OUTCOMES = ("response", "refused", "connect_error", "reset", "timeout", "invalid_response")
 DURATION_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
@@ -36,6 +36,9 @@ class ProxyMetrics:
         self.retries = 0
         self.budget_refusals = 0
         self.fail_fast = 0
+        self.pool_timeouts = 0
+        self.truncated_responses = 0
+        self.tunnels = 0
         self.circuit_state = CircuitState.CLOSED
         self.bytes_in = 0
         self.bytes_out = 0
@@ -82,6 +85,21 @@ class ProxyMetrics:
             "sora2_proxy_fail_fast",
             "Requests refused at once because the backend was known down",
             value=self.fail_fast,
+        )
+        yield CounterMetricFamily(
+            "sora2_proxy_pool_timeouts",
+            "Requests whose deadline passed while they waited for a free backend connection",
+            value=self.pool_timeouts,
+        )
+        yield CounterMetricFamily(
+            "sora2_proxy_truncated_responses",
+            "Responses cut off mid-body because the backend broke off or went silent",
+            value=self.truncated_responses,
+        )
+        yield CounterMetricFamily(
+            "sora2_proxy_websocket_tunnels",
+            "WebSocket upgrades the backend accepted and the proxy tunnelled",
+            value=self.tunnels,
         )
         yield GaugeMetricFamily(
             "sora2_proxy_circuit_state",

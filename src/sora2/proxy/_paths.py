@@ -8,12 +8,15 @@ client sent; what is checked is every decoding of it, because a server that deco
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import unquote
 
 _MAX_DECODINGS = 3
 # Segments of unreserved and sub-delim characters only, no '%' and no dot-only segment: nothing
 # to decode, nothing to escape with. Nearly every real path is this, and needs one match.
-_PLAIN = re.compile(r"(/(?!\.{1,2}(?:/|$))[A-Za-z0-9_\-.~!$&'()*+,;=@]+)*/?")
+# A segment may not be a dot segment, nor one with parameters (`..;x`: Tomcat and Jetty take it
+# for `..`).
+_PLAIN = re.compile(r"(/(?!\.{1,2}(?:[/;]|$))[A-Za-z0-9_\-.~!$&'()*+,;=@]+)*/?")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -35,8 +38,17 @@ def _check_decoded(path: str) -> None:
         raise UnsafePath("an empty segment ('//')")
     if _SCHEME.match(path.removeprefix("/")):
         raise UnsafePath("a URL scheme")
-    if any(segment in (".", "..") for segment in path.split("/")):
+    if any(_is_dot_segment(segment) for segment in path.split("/")):
         raise UnsafePath("a '.' or '..' segment")
+
+
+def _is_dot_segment(segment: str) -> bool:
+    """`.` or `..`, also with path parameters (`..;x`) or spelt with look-alike dots (full-width
+    U+FF0E, which some servers fold to ASCII after checking)."""
+    bare = segment.split(";", 1)[0]
+    if not bare.isascii():
+        bare = unicodedata.normalize("NFKC", bare)
+    return bare in (".", "..")
 
 
 def checked_upstream_path(raw_path: str) -> str:

@@ -8,16 +8,16 @@ safe, all within one deadline → pass the backend's answer through, streamed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from sora2.logs import redact_query, request_id_var
 from sora2.proxy._circuit import CircuitBreaker, CircuitState
 from sora2.proxy._config import ProxyConfig
 from sora2.proxy._cors import CorsDecision, CorsPolicy
@@ -25,6 +25,7 @@ from sora2.proxy._deadline import Deadline
 from sora2.proxy._errors import Failure, ProxyError, error_response
 from sora2.proxy._forward import (
     BUFFERED_RESPONSE_BYTES,
+    BodyStalled,
     BodyTooLarge,
     ClientGone,
     RequestBody,
@@ -43,12 +44,23 @@ from sora2.proxy._headers import (
 from sora2.proxy._health import Health, HealthMonitor
 from sora2.proxy._metrics import ProxyMetrics
 from sora2.proxy._paths import UnsafePath, checked_upstream_path
+from sora2.proxy._pool import ConnectionSlots
+from sora2.proxy._redact import redact_query
+from sora2.proxy._relay import RelayedBody, RelayedStream
 from sora2.proxy._retry import (
     RETRYABLE_STATUSES,
     RetryBudget,
     backoff_delay,
     is_idempotent,
     parse_retry_after,
+)
+from sora2.proxy._tunnel import (
+    ClientBytes,
+    handshake_head,
+    is_websocket_upgrade,
+    parse_response_head,
+    pipe,
+    read_response_head,
 )
 
 logger = logging.getLogger("sora2.proxy")
@@ -87,6 +99,14 @@ class _Exchange:
     body: RequestBody = None
     attempts: int = 0
     holds_retry_budget: bool = False
+    holds_slot: bool = False
+    waiting_for_slot: bool = False
+    probe: bool = False
+    """This request is the circuit's half-open probe."""
+    answered_at: float = 0.0
+    """When a streamed response's headers went out (perf_counter); 0 until then."""
+    truncated: bool = False
+    """The response body was cut off: the backend broke off or went silent mid-way."""
     waiting_for_start: ProxyError | None = None
     """The failure a request is holding on to while it waits for a starting backend."""
 
@@ -104,20 +124,33 @@ class Proxy:
         *,
         public_prefix: str = "/api/proxy",
         metrics: ProxyMetrics | None = None,
+        request_id_var: contextvars.ContextVar[str] | None = None,
     ) -> None:
+        """`request_id_var`, when given, holds each request's id while it is handled, so the
+        application's log lines (and its log format) can name it."""
         self.config = config
+        self._request_id_var = request_id_var
         self.public_prefix = public_prefix.rstrip("/")
         self.metrics = metrics or ProxyMetrics()
-        self.cors = CorsPolicy(config.allowed_origins)
+        self.cors = CorsPolicy(
+            config.allowed_origins,
+            allowed_headers=config.cors_allowed_headers,
+            trusted_proxies=config.trusted_proxies,
+        )
         self.circuit = CircuitBreaker(
-            failure_threshold=config.circuit_failure_threshold,
-            open_time=config.circuit_open_time,
+            failure_threshold=config.breaker.failure_threshold,
+            open_time=config.breaker.open_time,
+            probe_timeout=config.breaker.probe_timeout,
             on_change=self._circuit_changed,
         )
-        self.budget = RetryBudget(ratio=config.retry_budget_ratio, minimum=config.retry_budget_min)
+        self.budget = RetryBudget(
+            ratio=config.retries.budget_ratio, minimum=config.retries.budget_min
+        )
         self._upstream_base = config.api_url + config.upstream_prefix
         self._session: aiohttp.ClientSession | None = None
+        self._health_session: aiohttp.ClientSession | None = None
         self._health: HealthMonitor | None = None
+        self._slots: ConnectionSlots | None = None
         self._startup_ends = 0.0
         # Set by start(). Kept rather than looked up per request: on Python 3.11 each
         # `asyncio.get_running_loop()` is a getpid system call, and a request needed four.
@@ -127,11 +160,14 @@ class Proxy:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._startup_ends = self._loop.time() + self.config.startup_grace
-        reuse = self.config.keepalive_timeout > 0
+        self._startup_ends = self._loop.time() + self.config.health.startup_grace
+        reuse = self.config.pool.keepalive > 0
+        # Unbounded here: `ConnectionSlots` holds the limit, so that waiting for a connection is
+        # never mistaken for the backend failing to accept one (see _pool.py).
+        self._slots = ConnectionSlots(self.config.pool.size, self._loop)
         connector = aiohttp.TCPConnector(
-            limit=self.config.pool_size,
-            keepalive_timeout=self.config.keepalive_timeout if reuse else None,
+            limit=0,
+            keepalive_timeout=self.config.pool.keepalive if reuse else None,
             force_close=not reuse,
             ttl_dns_cache=60,
         )
@@ -141,19 +177,34 @@ class Proxy:
             # The proxy serves many users: it must never keep one user's cookies for another.
             cookie_jar=aiohttp.DummyCookieJar(),
             request_class=_ForwardingRequest,
-            # The request deadline is a `Deadline` per request; `sock_read` is the idle timeout:
-            # the longest the backend may stay silent once the request is sent.
+            # The request deadline is a `Deadline` per request; `sock_connect` bounds the TCP
+            # connect alone (aiohttp's `connect` would also cover a wait for a pooled
+            # connection); `sock_read` is the idle timeout: the longest the backend may stay
+            # silent once the request is sent.
             timeout=aiohttp.ClientTimeout(
                 total=None,
-                connect=self.config.connect_timeout,
-                sock_read=self.config.idle_timeout,
+                connect=None,
+                sock_connect=self.config.timeouts.connect,
+                sock_read=self.config.timeouts.idle,
             ),
         )
+        # aiohttp re-sends an idempotent request once, silently, when a connection breaks under
+        # it. The proxy decides retries itself (and counts them, and spends the budget on them):
+        # the attempts it reports must be the attempts the backend saw. aiohttp's own test
+        # client turns it off the same way; there is no public switch.
+        self._session._retry_connection = False
+        # Health checks have a connection of their own: however many streams hold the
+        # forwarding connections, a check still reaches the backend at once.
+        self._health_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1, keepalive_timeout=self.config.health.ttl),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
         self._health = HealthMonitor(
-            session=self._session,
-            url=self.config.api_url + self.config.health_path,
-            ttl=self.config.health_ttl,
-            timeout=max(self.config.connect_timeout, 1.0),
+            session=self._health_session,
+            url=self.config.api_url + self.config.health.path,
+            ttl=self.config.health.ttl,
+            timeout=max(self.config.timeouts.connect, 1.0),
             on_recovered=self.circuit.reset,
         )
         self._health.start()
@@ -163,11 +214,18 @@ class Proxy:
             await self._health.stop()
         if self._session is not None:
             await self._session.close()
+        if self._health_session is not None:
+            await self._health_session.close()
 
     @property
     def health(self) -> HealthMonitor:
         assert self._health is not None, "Proxy.start() was not awaited"
         return self._health
+
+    @property
+    def slots(self) -> ConnectionSlots:
+        assert self._slots is not None, "Proxy.start() was not awaited"
+        return self._slots
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -193,9 +251,10 @@ class Proxy:
             method=request.method,
             request_id=request_id_from(request.headers),
             started=started,
-            deadline=self.loop.time() + self.config.request_timeout,
+            deadline=0.0,  # set once the request body is in hand (see _exchange)
         )
-        token = request_id_var.set(exchange.request_id)
+        request_id_var = self._request_id_var
+        token = request_id_var.set(exchange.request_id) if request_id_var is not None else None
         self.budget.in_flight += 1
         status = 0
         try:
@@ -211,19 +270,30 @@ class Proxy:
             return response
         finally:
             self.budget.in_flight -= 1
-            if exchange.holds_retry_budget:
-                self.budget.release()
-            duration = time.perf_counter() - started
-            self.metrics.count_request(status or 499, duration)
+            if exchange.probe:  # claimed, then refused before it was sent (a body too large...)
+                self.circuit.release_probe()
+            finished = time.perf_counter()
+            # The histogram is time to the response headers (as its help says); a stream that
+            # lasts an hour is one quick answer there, and its whole length is in the log line.
+            answered = exchange.answered_at or finished
+            self.metrics.count_request(status or 499, answered - started)
             logger.info(
-                "%s %s %s attempts=%d duration=%.1fms",
+                "%s %s %s%s attempts=%d duration=%.1fms",
                 exchange.method,
-                _loggable_path(request),
+                self._loggable_path(request),
                 status or "client-closed",
+                " truncated" if exchange.truncated else "",
                 exchange.attempts,
-                duration * 1000,
+                (finished - started) * 1000,
             )
-            request_id_var.reset(token)
+            if token is not None and request_id_var is not None:
+                request_id_var.reset(token)
+
+    def _loggable_path(self, request: web.Request) -> str:
+        path, _, query = request.raw_path.partition("?")
+        if not query:
+            return path
+        return f"{path}?{redact_query(query, self.config.loggable_query_names)}"
 
     def _error(self, error: ProxyError, exchange: _Exchange) -> web.Response:
         response = error_response(
@@ -232,9 +302,10 @@ class Proxy:
             api_url=self.config.api_url,
             attempts=exchange.attempts,
             duration=time.perf_counter() - exchange.started,
-            timeout_ms=round(self.config.request_timeout * 1000),
+            timeout_ms=round(self.config.timeouts.request * 1000),
             max_body=self.config.max_body_bytes,
-            development=self.config.development,
+            expose_internals=self.config.expose_internals,
+            suggestions=self.config.suggestions,
         )
         exchange.cors.apply(response.headers)
         return response
@@ -246,12 +317,31 @@ class Proxy:
             raise ProxyError(Failure.FORBIDDEN_ORIGIN)
         if exchange.cors.preflight:
             return exchange.cors.preflight_response(exchange.request_id)
+        if "Upgrade" in request.headers and is_websocket_upgrade(request.headers):
+            return await self._tunnel(request, url, exchange)
         exchange.idempotent = is_idempotent(exchange.method, "Idempotency-Key" in request.headers)
+        config = self.config
+        if "Transfer-Encoding" in request.headers:
+            _refuse_unknown_transfer_coding(request)
+        declared = request.content_length
+        if declared is not None and declared > config.max_body_bytes:
+            raise ProxyError(Failure.TOO_LARGE)
+        self._fail_fast_if_down(exchange)
+        if "Expect" in request.headers:
+            # Only now that size, origin and the backend's state are known to be fine is the
+            # client told to send its body (mount_proxy keeps aiohttp from saying so earlier).
+            await _continue_if_expected(request)
         try:
-            exchange.body = await read_request_body(request, self.config.max_body_bytes)
+            exchange.body = await read_request_body(
+                request, config.max_body_bytes, config.timeouts.idle
+            )
         except BodyTooLarge:
             raise ProxyError(Failure.TOO_LARGE) from None
-        self._fail_fast_if_down()
+        except BodyStalled:
+            raise self._body_timeout() from None
+        # The deadline runs from here: a body in hand has been read; a streamed one moves it on
+        # as it goes (see _watch_streamed_body), so a long, steady upload is not cut off by it.
+        exchange.deadline = self.loop.time() + config.timeouts.request
         headers = upstream_request_headers(
             request.headers,
             peer=request.remote,
@@ -261,12 +351,199 @@ class Proxy:
             trusted=self.config.trusted_proxies,
             via=self.config.via,
         )
-        upstream = await self._send_before_deadline(url, headers, exchange)
+        if declared is not None and isinstance(exchange.body, StreamedBody):
+            headers["Content-Length"] = str(declared)  # framed as the client framed it
         try:
-            return await self._respond(request, upstream, exchange)
+            upstream = await self._send_before_deadline(url, headers, exchange)
+            try:
+                return await self._respond(request, upstream, exchange)
+            finally:
+                upstream.release()
+                self._count_request_bytes(exchange.body)
         finally:
-            upstream.release()
-            self._count_request_bytes(exchange.body)
+            if exchange.holds_slot:
+                self.slots.give_back()
+
+    # -- WebSocket upgrades --------------------------------------------------------------
+
+    async def _tunnel(
+        self, request: web.Request, url: URL, exchange: _Exchange
+    ) -> web.StreamResponse:
+        """Forward the handshake; on 101, relay bytes both ways until one side closes or both
+        are silent for the idle timeout. It holds a pool connection for its whole life."""
+        if "Origin" in request.headers and exchange.cors.allowed_origin is None:
+            # Browsers apply no CORS to WebSockets: a foreign page could use the user's cookies.
+            raise ProxyError(Failure.FORBIDDEN_ORIGIN)
+        exchange.deadline = self.loop.time() + self.config.timeouts.request
+        self._fail_fast_if_down(exchange)
+        headers = upstream_request_headers(
+            request.headers,
+            peer=request.remote,
+            scheme=request.scheme,
+            host=request.host,
+            request_id=exchange.request_id,
+            trusted=self.config.trusted_proxies,
+            via=self.config.via,
+        )
+        try:
+            reader, writer, head = await self._handshake(url, headers, exchange)
+        except (ProxyError, asyncio.CancelledError):
+            if exchange.holds_slot:
+                exchange.holds_slot = False
+                self.slots.give_back()
+            raise
+        try:
+            return await self._relay_upgrade(request, exchange, reader, writer, head)
+        finally:
+            writer.close()
+            if exchange.holds_slot:
+                exchange.holds_slot = False
+                self.slots.give_back()
+
+    async def _handshake(
+        self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        exchange.attempts = 1
+        deadline = Deadline(self.loop, exchange.deadline)
+        try:
+            await self._take_slot(exchange)
+            try:
+                async with asyncio.timeout(self.config.timeouts.connect):
+                    reader, writer = await asyncio.open_connection(url.host, url.port)
+            except TimeoutError:
+                self._note_failure("connect_error")
+                raise ProxyError(Failure.TIMEOUT, "ECONNTIMEOUT", backend_failed=True) from None
+            except ConnectionRefusedError as error:
+                self._note_failure("refused")
+                raise ProxyError(
+                    Failure.REFUSED, "ECONNREFUSED", str(error), 1, backend_failed=True
+                ) from None
+            except OSError as error:
+                self._note_failure("connect_error")
+                raise ProxyError(
+                    Failure.BAD_GATEWAY, "ECONNECT", str(error), backend_failed=True
+                ) from None
+            writer.write(handshake_head("GET", url.raw_path_qs, url.raw_authority, headers))
+            try:
+                head = await read_response_head(reader)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
+                writer.close()
+                self._note_failure("reset")
+                raise ProxyError(
+                    Failure.BAD_GATEWAY, "ECONNRESET", type(error).__name__, backend_failed=True
+                ) from None
+        except asyncio.CancelledError:
+            if not deadline.expired:
+                self._settle(exchange, backend_failed=None)
+                raise
+            deadline.absorb()
+            raise self._time_is_up(exchange) from None
+        except ProxyError as error:
+            self._settle(exchange, backend_failed=error.backend_failed)
+            raise
+        finally:
+            deadline.disarm()
+        self.metrics.count_attempt("response")
+        self.health.note_response()
+        self._settle(exchange, backend_failed=False)
+        return reader, writer, head
+
+    async def _relay_upgrade(
+        self,
+        request: web.Request,
+        exchange: _Exchange,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: bytes,
+    ) -> web.StreamResponse:
+        try:
+            status, reason, upstream_headers = parse_response_head(head)
+        except ValueError as error:
+            raise ProxyError(Failure.BAD_GATEWAY, "EBADRESPONSE", str(error)) from None
+        headers, raw_bytes = downstream_response_headers(
+            CIMultiDictProxy(upstream_headers),
+            request_id=exchange.request_id,
+            via=self.config.via,
+            api_url=self.config.api_url,
+            upstream_prefix=self.config.upstream_prefix,
+            public_prefix=self.public_prefix,
+        )
+        exchange.cors.apply(headers)
+        if status != 101:
+            # The backend declined the upgrade: its answer passes through as any answer would.
+            length = upstream_headers.get("Content-Length", "0")
+            size = int(length) if length.isascii() and length.isdigit() else 0
+            body = await reader.readexactly(min(size, BUFFERED_RESPONSE_BYTES))
+            headers.popall("Content-Length", None)
+            request.protocol.force_close()
+            return RelayedBody(
+                status=status, reason=reason, headers=headers, body=body, raw_bytes=raw_bytes
+            )
+        headers["Connection"] = "Upgrade"
+        headers["Upgrade"] = "websocket"
+        response = RelayedStream(
+            status=101, reason=reason or "Switching Protocols", headers=headers, raw_bytes=False
+        )
+        await response.prepare(request)
+        exchange.answered_at = time.perf_counter()
+        self.metrics.tunnels += 1
+        await self._pipe_until_quiet(request, reader, writer)
+        request.protocol.force_close()
+        return response
+
+    async def _pipe_until_quiet(
+        self, request: web.Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        transport = request.transport
+        assert transport is not None
+        client = ClientBytes(transport)
+        request.protocol.set_parser(client)  # type: ignore[arg-type]
+        loop = self.loop
+        idle = self.config.timeouts.idle
+        quiet = Deadline(loop, loop.time() + idle)
+        metrics = self.metrics
+
+        def upstream_bytes(count: int) -> None:
+            metrics.bytes_in += count
+            quiet.move_to(loop.time() + idle)
+
+        def downstream_bytes(count: int) -> None:
+            metrics.bytes_out += count
+            quiet.move_to(loop.time() + idle)
+
+        async def to_backend(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+
+        async def to_client(data: bytes) -> None:
+            transport.write(data)
+            await request.writer.drain()
+
+        async def from_backend() -> bytes:
+            return await reader.read(65536)
+
+        try:
+            # Whichever side closes first ends the tunnel; the other direction is cancelled.
+            sides = [
+                loop.create_task(pipe(client.read, to_backend, upstream_bytes)),
+                loop.create_task(pipe(from_backend, to_client, downstream_bytes)),
+            ]
+            try:
+                await asyncio.wait(sides, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for side in sides:
+                    side.cancel()
+                await asyncio.gather(*sides, return_exceptions=True)
+        except asyncio.CancelledError:
+            if not quiet.expired:
+                raise
+            quiet.absorb()  # both sides silent for the idle timeout
+        finally:
+            quiet.disarm()
+
+    def _body_timeout(self) -> ProxyError:
+        idle_ms = round(self.config.timeouts.idle * 1000)
+        return ProxyError(Failure.BODY_TIMEOUT, "EBODYTIMEOUT", extra={"idleTimeout": idle_ms})
 
     def _count_request_bytes(self, body: RequestBody) -> None:
         if isinstance(body, StreamedBody):
@@ -275,7 +552,10 @@ class Proxy:
             self.metrics.bytes_in += len(body)
 
     def _upstream_url(self, request: web.Request) -> URL:
-        path, _, query = request.raw_path.partition("?")
+        target = request.raw_path
+        if not target.startswith("/"):
+            target = _origin_form(target)
+        path, _, query = target.partition("?")
         prefix = self.public_prefix
         if not (path == prefix or path.startswith(prefix + "/")):
             raise ProxyError(Failure.BAD_PATH, detail="a path outside the proxy prefix")
@@ -289,39 +569,122 @@ class Proxy:
             target += "?" + query
         return URL(target, encoded=True)
 
-    def _fail_fast_if_down(self) -> None:
+    def _fail_fast_if_down(self, exchange: _Exchange) -> None:
         """503 at once when the backend is known down, instead of piling requests onto it."""
         health = self.health
-        if health.verdict is Health.DOWN and health.ever_up:
+        if health.verdict is Health.DOWN and health.ever_up and self._restart_window() <= 0:
             self.metrics.fail_fast += 1
             raise ProxyError(
                 Failure.UNAVAILABLE, "HEALTH_CHECK_FAILED", health.last_error, retry_after=1
             )
-        if not self.circuit.allow():
+        circuit = self.circuit
+        if circuit.state is CircuitState.CLOSED:
+            return
+        if not circuit.allow():
             self.metrics.fail_fast += 1
-            raise ProxyError(
-                Failure.UNAVAILABLE, "CIRCUIT_OPEN", retry_after=self.circuit.retry_after()
-            )
+            raise ProxyError(Failure.UNAVAILABLE, "CIRCUIT_OPEN", retry_after=circuit.retry_after())
+        exchange.probe = circuit.state is CircuitState.HALF_OPEN
 
     # -- attempts and retries --------------------------------------------------------------
 
     async def _send_before_deadline(
         self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
     ) -> aiohttp.ClientResponse:
+        """All attempts, within the deadline. Whatever happens, the breaker hears one verdict on
+        the backend for the whole request (see `_settle`), and a retry-budget slot is given back
+        as soon as the response headers are in: a long stream must not hold one."""
         deadline = Deadline(self.loop, exchange.deadline)
+        if isinstance(exchange.body, StreamedBody):
+            self._watch_streamed_body(exchange.body, deadline, exchange)
         try:
-            return await self._send_with_retries(url, headers, exchange)
+            await self._take_slot(exchange)
+            upstream = await self._send_with_retries(url, headers, exchange)
         except asyncio.CancelledError:
             if not deadline.expired:
-                self.circuit.release_probe()  # the client left; the probe told us nothing
+                self._settle(exchange, backend_failed=None)  # the client left: it tells nothing
                 raise
             deadline.absorb()
+        except ProxyError as error:
+            self._settle(exchange, backend_failed=error.backend_failed)
+            raise
+        else:
+            self._settle(exchange, backend_failed=False)  # the backend answered
+            return upstream
         finally:
             deadline.disarm()
+            if exchange.holds_retry_budget:
+                exchange.holds_retry_budget = False
+                self.budget.release()
+        raise self._time_is_up(exchange)
+
+    def _time_is_up(self, exchange: _Exchange) -> ProxyError:
+        """The deadline passed: whose fault it was decides the answer and the breaker's verdict."""
         if exchange.waiting_for_start is not None:
-            raise exchange.waiting_for_start  # the backend never came up in time
-        self._note_failure("timeout")
-        raise ProxyError(Failure.TIMEOUT, "ETIMEDOUT")
+            self._settle(exchange, backend_failed=None)
+            return exchange.waiting_for_start  # the backend never came up in time
+        if exchange.waiting_for_slot:
+            self._settle(exchange, backend_failed=None)  # the proxy's own congestion
+            self.metrics.pool_timeouts += 1
+            return ProxyError(
+                Failure.SATURATED,
+                "EPOOLWAIT",
+                retry_after=1,
+                extra={"poolSize": self.config.pool.size},
+            )
+        body = exchange.body
+        if isinstance(body, StreamedBody) and body.awaiting_client:
+            self._settle(exchange, backend_failed=None)  # the client stalled, not the backend
+            return self._body_timeout()
+        self.metrics.count_attempt("timeout")
+        self._settle(exchange, backend_failed=True)
+        return ProxyError(Failure.TIMEOUT, "ETIMEDOUT")
+
+    def _settle(self, exchange: _Exchange, *, backend_failed: bool | None) -> None:
+        """Tell the breaker, once per client request, what this request learnt of the backend:
+        it answered (any status: one route's 503 says nothing of the others), it failed (could
+        not be reached, reset, stayed silent), or nothing (None: the client left or stalled,
+        the proxy was congested, the response was one no retry would fix)."""
+        circuit = self.circuit
+        if backend_failed and (not self.health.ever_up or self._restart_window() > 0):
+            backend_failed = None  # its start-up, or a restart on purpose: not an outage
+        if backend_failed is None:
+            if exchange.probe:
+                circuit.release_probe()
+        elif backend_failed:
+            circuit.record_failure()
+        elif circuit.state is not CircuitState.CLOSED or circuit.consecutive_failures:
+            circuit.record_success()
+        exchange.probe = False
+
+    async def _take_slot(self, exchange: _Exchange) -> None:
+        """Hold one of the pool's connections for this request; a wait is ours, not the
+        backend's (see _pool.py), and it ends with the request's deadline at the latest."""
+        slots = self.slots
+        if slots.busy < slots.limit and not slots.waiting:
+            slots.busy += 1
+        else:
+            exchange.waiting_for_slot = True
+            await slots.take()
+            exchange.waiting_for_slot = False
+        exchange.holds_slot = True
+
+    def _watch_streamed_body(
+        self, body: StreamedBody, deadline: Deadline, exchange: _Exchange
+    ) -> None:
+        """While a streamed body is being sent, the deadline is the idle timeout from the last
+        chunk; once it has all gone, the request deadline starts."""
+        loop = self.loop
+        config = self.config
+
+        def progress() -> None:
+            deadline.move_to(loop.time() + config.timeouts.idle)
+
+        def sent() -> None:
+            exchange.deadline = loop.time() + config.timeouts.request
+            deadline.move_to(exchange.deadline)
+
+        body.on_progress = progress
+        body.on_sent = sent
 
     async def _send_with_retries(
         self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
@@ -338,7 +701,7 @@ class Proxy:
                 if wait is None or not await self._pause(wait, exchange, error):
                     raise
                 continue
-            self._note_answer(upstream.status)
+            self.health.note_response()
             if upstream.status not in RETRYABLE_STATUSES:
                 return upstream
             wait = self._wait_after_status(upstream, exchange)
@@ -364,57 +727,65 @@ class Proxy:
             )
         except aiohttp.ConnectionTimeoutError as error:
             self._note_failure("connect_error")
-            raise ProxyError(Failure.TIMEOUT, "ECONNTIMEOUT", str(error)) from None
+            raise ProxyError(
+                Failure.TIMEOUT, "ECONNTIMEOUT", str(error), backend_failed=True
+            ) from None
         except TimeoutError:
             # The backend stayed silent longer than the idle timeout after the request was sent.
             self._note_failure("timeout")
-            raise ProxyError(Failure.TIMEOUT, "ETIMEDOUT") from None
+            raise ProxyError(Failure.TIMEOUT, "ETIMEDOUT", backend_failed=True) from None
         except aiohttp.ClientConnectorError as error:
             refused = isinstance(error.os_error, ConnectionRefusedError)
             self._note_failure("refused" if refused else "connect_error")
             if refused:
-                raise ProxyError(Failure.REFUSED, "ECONNREFUSED", str(error), 1) from None
+                raise ProxyError(
+                    Failure.REFUSED, "ECONNREFUSED", str(error), 1, backend_failed=True
+                ) from None
             code = "ENOTFOUND" if isinstance(error, aiohttp.ClientConnectorDNSError) else "ECONNECT"
-            raise ProxyError(Failure.BAD_GATEWAY, code, str(error)) from None
+            raise ProxyError(Failure.BAD_GATEWAY, code, str(error), backend_failed=True) from None
+        except aiohttp.ClientResponseError as error:
+            # A response aiohttp cannot parse (a header over its size limit, say): the same
+            # request would get the same response, so it is not retried, and the backend is
+            # answering, so it is not counted as down.
+            self.metrics.count_attempt("invalid_response")
+            raise ProxyError(Failure.BAD_GATEWAY, "EINVALIDRESPONSE", error.message) from None
         except (aiohttp.ClientError, OSError) as error:
             if isinstance(body, StreamedBody) and body.too_large:
-                self.circuit.release_probe()
                 raise ProxyError(Failure.TOO_LARGE) from None
             self._note_failure("reset")
             code = "ECONNRESET" if _is_reset(error) else "EBADRESPONSE"
             cause = f"{type(error).__name__}: {error}"
-            raise ProxyError(Failure.BAD_GATEWAY, code, cause) from None
+            raise ProxyError(Failure.BAD_GATEWAY, code, cause, backend_failed=True) from None
         self.metrics.count_attempt("response")
         return response
 
-    def _note_answer(self, status: int) -> None:
-        self.health.note_response()
-        if status in RETRYABLE_STATUSES:
-            self.circuit.record_failure()
-        else:
-            self.circuit.record_success()
-
     def _note_failure(self, outcome: str) -> None:
+        """An attempt could not reach the backend: counted, and the health monitor checks now.
+        The breaker hears of it once the whole request is settled."""
         self.metrics.count_attempt(outcome)
-        # Failures before the backend was ever up are its start-up, not an outage.
-        if self.health.ever_up:
-            self.circuit.record_failure()
+        if outcome == "refused":
+            self.health.note_refused()
         else:
-            self.circuit.release_probe()
-        self.health.note_failure()
+            self.health.note_failure()
 
     def _wait_after_failure(self, error: ProxyError, exchange: _Exchange) -> float | None:
         """Seconds to wait before retrying after a transport failure, or None: do not retry."""
+        if not error.backend_failed:
+            return None  # nothing a retry would change
         nothing_sent = error.error_code in _NOTHING_SENT
         if exchange.body_started or not (nothing_sent or exchange.idempotent):
             return None
         if error.failure is Failure.TIMEOUT and not nothing_sent:
             return None  # the deadline is spent
-        if nothing_sent and exchange.idempotent and self._backend_may_be_starting():
-            return _UNTIL_UP
-        if exchange.attempts >= self.config.max_attempts or not self._claim_retry_budget(exchange):
+        if nothing_sent and (
+            self._restart_window() > 0 or (exchange.idempotent and self._backend_may_be_starting())
+        ):
+            return _UNTIL_UP  # nothing was sent, so any method may wait and go again
+        if exchange.attempts >= self.config.retries.max_attempts or not self._claim_retry_budget(
+            exchange
+        ):
             return None
-        return backoff_delay(exchange.attempts, self.config.retry_delay)
+        return backoff_delay(exchange.attempts, self.config.retries.delay)
 
     def _wait_after_status(
         self, upstream: aiohttp.ClientResponse, exchange: _Exchange
@@ -422,11 +793,17 @@ class Proxy:
         """Seconds to wait before retrying after a 502/503/504, or None: pass it through."""
         if not exchange.idempotent or isinstance(exchange.body, StreamedBody):
             return None
-        if exchange.attempts >= self.config.max_attempts:
+        if exchange.attempts >= self.config.retries.max_attempts:
             return None
-        delay = backoff_delay(exchange.attempts, self.config.retry_delay)
+        delay = backoff_delay(exchange.attempts, self.config.retries.delay)
         retry_after = parse_retry_after(upstream.headers.get("Retry-After"))
         return delay if retry_after is None else max(delay, retry_after)
+
+    def _restart_window(self) -> float:
+        """Seconds the backend is still expected to be restarting on purpose (0: it is not),
+        as the application's `restart_signal` says. Asked only on failure paths."""
+        signal = self.config.restart_signal
+        return signal() if signal is not None else 0.0
 
     def _backend_may_be_starting(self) -> bool:
         """Never seen up, and the proxy itself only just started (as under `sora2 dev`)."""
@@ -450,7 +827,8 @@ class Proxy:
         remaining = exchange.deadline - loop.time()
         if wait == _UNTIL_UP:
             exchange.waiting_for_start = error
-            up = await self.health.wait_until_up(min(remaining, self._startup_ends - loop.time()))
+            expected = max(self._startup_ends - loop.time(), self._restart_window())
+            up = await self.health.wait_until_up(min(remaining, expected))
             exchange.waiting_for_start = None
             return up
         if wait >= remaining:
@@ -463,7 +841,7 @@ class Proxy:
     async def _respond(
         self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: _Exchange
     ) -> web.StreamResponse:
-        headers = downstream_response_headers(
+        headers, raw_bytes = downstream_response_headers(
             upstream.headers,
             request_id=exchange.request_id,
             via=self.config.via,
@@ -473,38 +851,72 @@ class Proxy:
         )
         exchange.cors.apply(headers)
         status = upstream.status
+        reason = upstream.reason
         if has_no_body(exchange.method, status):
-            response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
+            response = RelayedStream(
+                status=status, reason=reason, headers=headers, raw_bytes=raw_bytes
+            )
             await response.prepare(request)
             return response
         length = upstream.content_length
-        if length is not None and length <= BUFFERED_RESPONSE_BYTES:
+        # One write when the whole body is in hand already; a body still arriving is streamed
+        # as it comes, however small (a slow answer must not be held back until complete).
+        if length is not None and length <= BUFFERED_RESPONSE_BYTES and upstream.content.is_eof():
             try:
                 data = await read_small_body(upstream)
             except StreamBroken as broken:
                 raise ProxyError(Failure.BAD_GATEWAY, "ETRUNCATED", str(broken)) from None
-            del headers["Content-Length"]
+            headers.popall("Content-Length", None)  # aiohttp sets it from the body
             self.metrics.bytes_out += len(data)
-            return web.Response(status=status, reason=upstream.reason, headers=headers, body=data)
-        response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
+            return RelayedBody(
+                status=status, reason=reason, headers=headers, body=data, raw_bytes=raw_bytes
+            )
+        response = RelayedStream(status=status, reason=reason, headers=headers, raw_bytes=raw_bytes)
         await response.prepare(request)
+        exchange.answered_at = time.perf_counter()
         try:
-            await stream_body(response, upstream, self.metrics.add_bytes_out)
+            await stream_body(
+                response, upstream, self.metrics.add_bytes_out, self.config.timeouts.idle
+            )
         except StreamBroken as broken:
             # The headers are gone already: the only honest signal left is a broken connection.
             logger.warning("backend broke off the response body: %s", broken)
+            self.metrics.truncated_responses += 1
+            exchange.truncated = True
             request.protocol.force_close()
             return response
         await response.write_eof()
         return response
 
 
+def _origin_form(target: str) -> str:
+    """`/path?query` of an absolute-form request target (`GET http://host/path`), which HTTP/1.1
+    servers must accept (RFC 9112 §3.2.2); anything else is not a path the proxy forwards."""
+    url = URL(target, encoded=True)
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        raise ProxyError(Failure.BAD_PATH, detail="a request target that is not a path")
+    return url.raw_path_qs
+
+
+def _refuse_unknown_transfer_coding(request: web.Request) -> None:
+    """Only `chunked` is understood; a body in any other transfer-coding cannot be forwarded
+    faithfully, and RFC 9112 §6.1 asks for 501."""
+    codings = [
+        token.strip().lower()
+        for value in request.headers.getall("Transfer-Encoding")
+        for token in value.split(",")
+        if token.strip()
+    ]
+    if codings != ["chunked"]:
+        raise ProxyError(Failure.UNSUPPORTED_CODING, detail=", ".join(codings) or "(empty)")
+
+
+async def _continue_if_expected(request: web.Request) -> None:
+    if request.headers["Expect"].lower() == "100-continue" and request.body_exists:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
 def _is_reset(error: BaseException) -> bool:
     return isinstance(error, aiohttp.ServerDisconnectedError | ConnectionResetError) or (
         isinstance(error, aiohttp.ClientOSError) and error.errno in (104, 32)
     )
-
-
-def _loggable_path(request: web.Request) -> str:
-    path, _, query = request.raw_path.partition("?")
-    return f"{path}?{redact_query(query)}" if query else path

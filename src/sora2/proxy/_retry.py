@@ -26,7 +26,8 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        # isdigit() is also true of '²' and other Unicode digits float() refuses.
+        return float(value) if value.isascii() else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

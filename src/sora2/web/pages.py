@@ -21,15 +21,11 @@ import jinja2
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from sora2.catalog import PROMPT_MAX_CHARS, Catalog, load_catalog
 from sora2.settings import Settings
 
 TEMPLATES_DIR = Path(str(resources.files("sora2.web") / "templates"))
 STATIC_DIR = Path(str(resources.files("sora2.web") / "static"))
-
-MODELS = ("sora-2", "sora-2-pro")
-SECONDS = (4, 8, 12)
-SIZES = ("1280x720", "720x1280", "1024x1792", "1792x1024")
-PROMPT_MAX_CHARS = 2000
 
 _CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -54,11 +50,25 @@ PAGES: dict[str, Page] = {
     "/": Page("landing.html", "Text to video", "landing"),
     "/login": Page("login.html", "Sign in", "login"),
     "/register": Page("register.html", "Create your account", "register"),
+    "/forgot-password": Page("forgot_password.html", "Forgot your password", "forgot-password"),
+    "/reset-password": Page("reset_password.html", "Choose a new password", "reset-password"),
+    "/pricing": Page("pricing.html", "Pricing", "pricing"),
     "/generate": Page("generate.html", "Generate a video", "generate", signed_in_only=True),
     "/gallery": Page("gallery.html", "Your videos", "gallery", signed_in_only=True),
     "/profile": Page("profile.html", "Your profile", "profile", signed_in_only=True),
 }
 VIDEO_PAGE = Page("video.html", "Video", "video", signed_in_only=True)
+# The admin console: one template, one script, a view each. The pages hold no data; the api
+# answers only administrators (403 for anyone else), and the script says so.
+ADMIN_VIEWS: dict[str, tuple[str, str]] = {
+    "/admin": ("dashboard", "Dashboard"),
+    "/admin/users": ("users", "Users"),
+    "/admin/videos": ("videos", "Videos"),
+    "/admin/jobs": ("jobs", "Jobs"),
+    "/admin/audit": ("audit", "Audit log"),
+    "/admin/keys": ("keys", "Provider keys"),
+    "/admin/config": ("config", "Configuration"),
+}
 NOT_FOUND_PAGE = Page("not_found.html", "Page not found", "common")
 
 
@@ -90,21 +100,19 @@ class PageRenderer:
         environment: jinja2.Environment,
         version: str,
         *,
-        credits_per_second: dict[str, int],
+        catalog: Catalog,
         signup_credits: int,
         cache: bool = True,
     ) -> None:
         self.environment = environment
         self.cache = cache
         self.version = version
-        self.credits_per_second = credits_per_second
+        self.catalog = catalog
         self.signup_credits = signup_credits
         self.choices = json.dumps(
             {
-                "models": list(MODELS),
-                "seconds": list(SECONDS),
-                "sizes": list(SIZES),
-                "creditsPerSecond": self.credits_per_second,
+                "models": catalog.public(),
+                "creditsPerSecond": catalog.prices(),
                 "promptMaxChars": PROMPT_MAX_CHARS,
                 "signupCredits": signup_credits,
             }
@@ -136,11 +144,9 @@ class PageRenderer:
             signed_in_only=page.signed_in_only,
             version=self.version,
             choices=self.choices,
-            models=MODELS,
-            seconds=SECONDS,
-            sizes=SIZES,
+            models=list(self.catalog.models.values()),
+            default_model=self.catalog.default,
             prompt_max=PROMPT_MAX_CHARS,
-            credits_per_second=self.credits_per_second,
             signup_credits=self.signup_credits,
             **context,
         )
@@ -161,6 +167,16 @@ async def _video_page(request: web.Request) -> web.Response:
     if not _VIDEO_ID.match(video_id):
         raise web.HTTPNotFound()
     return request.app[RENDERER_KEY].render(VIDEO_PAGE, video_id=video_id)
+
+
+def _admin_page(path: str, view: str, label: str) -> Handler:
+    page = Page("admin.html", f"Admin · {label}", "admin", signed_in_only=True)
+    views = [(where, name) for where, (_, name) in ADMIN_VIEWS.items()]
+
+    async def handle(request: web.Request) -> web.Response:
+        return request.app[RENDERER_KEY].render(page, view=view, admin_path=path, admin_views=views)
+
+    return handle
 
 
 async def render_not_found(request: web.Request) -> web.Response:
@@ -198,9 +214,9 @@ def add_pages(app: web.Application, settings: Settings) -> None:
     app[RENDERER_KEY] = PageRenderer(
         create_environment(),
         static_version(),
-        # The same settings the api charges by; the generate page also prefers the table the
-        # api sends with the balance, should the two processes be configured apart.
-        credits_per_second=dict(settings.video_prices),
+        # The same catalog the api charges by (`sora2.catalog`); the generate page also prefers
+        # what the api itself answers, should the two processes be configured apart.
+        catalog=load_catalog(settings, need_keys=False),
         signup_credits=settings.signup_credits,
         # In development a template edit shows on the next request; elsewhere pages render once.
         cache=not settings.is_development,
@@ -209,4 +225,6 @@ def add_pages(app: web.Application, settings: Settings) -> None:
     for path, page in PAGES.items():
         app.router.add_get(path, _page_handler(page))
     app.router.add_get("/videos/{video_id}", _video_page)
+    for path, (view, label) in ADMIN_VIEWS.items():
+        app.router.add_get(path, _admin_page(path, view, label))
     app.router.add_get("/static/{filename:.+}", _static_file)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 
 import uvloop
@@ -15,6 +16,26 @@ from sora2.settings import Settings
 from sora2.web.app import create_app
 
 logger = logging.getLogger("sora2.web")
+
+
+def raise_open_file_limit(needed: int) -> int:
+    """Raise this process's open-file soft limit to its hard limit (each proxied connection
+    holds two files, and many systems start processes at a soft limit of 1024); returns the new
+    limit. Warns when even the hard limit is below what the configured pool can use."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logger.warning(
+            "open-file limit is %d, below the %d the configured load needs (PROXY_POOL_SIZE): "
+            "beyond about %d connections, new ones fail. Raise the hard limit (ulimit -Hn, "
+            "systemd LimitNOFILE=) or lower PROXY_POOL_SIZE; sora2 doctor checks this.",
+            soft,
+            needed,
+            max(0, (soft - 256) // 2),
+        )
+    return soft
 
 
 def serve(settings: Settings, *, workers: int = 1) -> int:
@@ -30,6 +51,7 @@ def serve(settings: Settings, *, workers: int = 1) -> int:
 
 def _serve_process(settings: Settings, sock: socket.socket | None, *, log_name: str) -> None:
     configure_logging(log_name, level=settings.log_level, log_dir=settings.log_dir)
+    raise_open_file_limit(settings.web_open_files_needed)
     logger.info(
         "web listening on http://%s:%d, proxying /api/proxy to %s (%s)",
         settings.web_host,
@@ -50,5 +72,7 @@ def _serve_process(settings: Settings, sock: socket.socket | None, *, log_name: 
         # A client that goes away cancels its handler, which cancels the upstream request.
         handler_cancellation=True,
         shutdown_timeout=10,
+        # Thousands of viewers reconnect at once after a restart: do not drop their SYNs.
+        backlog=4096,
         print=None,
     )

@@ -63,10 +63,10 @@ async def register(
 ) -> SessionOut:
     """Create an account (with the sign-up gift of credits) and sign in."""
     settings = context.settings
-    context.limiter.check_and_record(
+    await context.limiter.check_and_record(
         f"register:ip:{ip}", settings.register_limit_per_ip, "sign-ups from your address"
     )
-    context.limiter.check_and_record(
+    await context.limiter.check_and_record(
         f"register:email:{body.email}", settings.login_limit_per_account, "sign-ups for this email"
     )
     user = await service.create_user(
@@ -93,10 +93,10 @@ async def login(
     the tokens)."""
     settings = context.settings
     account_key = f"login:account:{body.email.strip().lower()}"
-    context.limiter.check_and_record(
+    await context.limiter.check_and_record(
         f"login:ip:{ip}", settings.login_limit_per_ip, "sign-in attempts from your address"
     )
-    context.limiter.enforce(
+    await context.limiter.enforce(
         account_key, settings.login_limit_per_account, "failed sign-ins for this account"
     )
     try:
@@ -104,7 +104,7 @@ async def login(
             session, passwords=context.passwords, email=body.email, password=body.password
         )
     except ApiError:
-        context.limiter.record(account_key)
+        await context.limiter.record(account_key)
         raise
     return await _sign_in(request, response, context, session, user)
 

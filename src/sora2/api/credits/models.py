@@ -31,4 +31,9 @@ class CreditTransaction(Base):
         ForeignKey("videos.id", ondelete="SET NULL"), default=None
     )
     description: Mapped[str] = mapped_column(String(200), default="")
+    # The administrator behind an `admin` change: its own column, so the reason keeps all of its
+    # 200 characters, and the admin's email never reaches the user's ledger.
+    actor_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -16,7 +16,7 @@ router = APIRouter(prefix="/api/credits", tags=["credits"], responses=ERROR_RESP
 @router.get("/balance", response_model=BalanceOut)
 async def balance(caller: CallerDep, context: Context) -> BalanceOut:
     """Your balance, and the price of a second of video by model."""
-    return BalanceOut(balance=caller.credits, prices=context.settings.video_prices)
+    return BalanceOut(balance=caller.credits, prices=context.catalog.prices())
 
 
 @router.get("/transactions", response_model=TransactionPage)

@@ -35,8 +35,11 @@ async def apply_change(
     kind: str,
     description: str,
     video_id: str | None = None,
+    actor_id: str | None = None,
 ) -> int | None:
-    """Adds `amount` (negative to charge); the new balance, or None if it would go below zero."""
+    """Adds `amount` (negative to charge); the new balance, or None if it would go below zero.
+
+    `actor_id` names the administrator behind an `admin` change (never shown to the user)."""
     balance = (
         await session.execute(_CHANGE_BALANCE, {"user_id": user_id, "amount": amount})
     ).scalar_one_or_none()
@@ -50,6 +53,7 @@ async def apply_change(
             type=kind,
             video_id=video_id,
             description=description,
+            actor_id=actor_id,
         )
     )
     return balance

@@ -38,8 +38,20 @@ from sora2.api.jobs.stops import (
     stop_later,
     stop_video_upstream,
 )
-from sora2.api.providers.base import GenerationRequest
+from sora2.api.providers.base import GenerationRequest, RemixSource
 from sora2.api.videos.models import ACTIVE_STATUSES, Video
+
+
+async def _remix_source(session: AsyncSession, video: Video) -> RemixSource | None:
+    """What a remix needs of its source: the provider's id for it and its prompt. A source
+    deleted since the remix was asked for leaves an empty id, which no provider knows (the video
+    then fails, refunded, saying so)."""
+    if video.remix_of is None:
+        return None
+    source = await session.get(Video, video.remix_of)
+    if source is None:
+        return RemixSource(job_id="", prompt="")
+    return RemixSource(job_id=source.provider_job_id or "", prompt=source.prompt)
 
 
 class LeaseLost(Exception):
@@ -162,9 +174,10 @@ class JobQueue:
                 return None, True
             if video.status == "queued":
                 video.status, video.started_at = "in_progress", now
+            remix = await _remix_source(session, video)
             await session.commit()
             seconds_left = (video.created_at + self.deadline - now).total_seconds()
-            return self._claimed(job_id, job.attempts, video, seconds_left), False
+            return self._claimed(job_id, job.attempts, video, seconds_left, remix), False
 
     def _why_it_ends(self, video: Video, attempts: int, now: datetime) -> tuple[str, str] | None:
         """(code, message) when a claimed job must fail instead of running again."""
@@ -182,14 +195,20 @@ class JobQueue:
         return None
 
     @staticmethod
-    def _claimed(job_id: int, attempts: int, video: Video, seconds_left: float) -> ClaimedJob:
+    def _claimed(
+        job_id: int,
+        attempts: int,
+        video: Video,
+        seconds_left: float,
+        remix: RemixSource | None = None,
+    ) -> ClaimedJob:
         return ClaimedJob(
             job_id=job_id,
             video_id=video.id,
             user_id=video.user_id,
             attempts=attempts,
             provider_job_id=video.provider_job_id,
-            request=request_of(video),
+            request=request_of(video, remix),
             provider=video.provider or "",
             seconds_left=seconds_left,
         )

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from sora2.api.db import Database
 from sora2.api.jobs.models import Job, UpstreamStop
-from sora2.api.providers.base import GenerationRequest, ProviderError, VideoProvider
+from sora2.api.providers.base import GenerationRequest, ProviderError, RemixSource, VideoProvider
 from sora2.api.videos.models import ACTIVE_STATUSES, Video
 
 logger = logging.getLogger("sora2.api.worker")
@@ -57,9 +57,14 @@ def search_for(request: GenerationRequest, since: datetime) -> dict[str, Any]:
     }
 
 
-def request_of(video: Video) -> GenerationRequest:
+def request_of(video: Video, remix: RemixSource | None = None) -> GenerationRequest:
     return GenerationRequest(
-        prompt=video.prompt, model=video.model, seconds=video.seconds, size=video.size
+        prompt=video.prompt,
+        model=video.model,
+        seconds=video.seconds,
+        size=video.size,
+        input_reference_key=video.input_reference_key,
+        remix=remix,
     )
 
 

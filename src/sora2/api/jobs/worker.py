@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -35,8 +36,9 @@ from sora2.api.events import VideoEvents
 from sora2.api.jobs.queue import ClaimedJob, JobGone, JobQueue, LeaseLost, Recorded
 from sora2.api.jobs.stops import UpstreamStops
 from sora2.api.metrics import ApiMetrics
-from sora2.api.providers.base import ErrorKind, ProviderError, VideoProvider
+from sora2.api.providers.base import ErrorKind, GenerationRequest, ProviderError, VideoProvider
 from sora2.api.storage import Storage
+from sora2.api.videos.images import read_reference
 from sora2.logs import request_id_var
 from sora2.settings import Settings
 
@@ -288,7 +290,9 @@ class Worker:
                     job, adoptable[0], unsure_since=ticket.unsure_since
                 )
         try:
-            provider_job_id = await self.provider.start(job.request, idempotency_key=ticket.key)
+            provider_job_id = await self.provider.start(
+                await self._with_reference(job.request), idempotency_key=ticket.key
+            )
         except ProviderError as error:
             if error.kind in (ErrorKind.FINAL, ErrorKind.RATE_LIMITED):
                 await self.queue.start_refused(job, ticket)  # answered: nothing was made
@@ -309,6 +313,20 @@ class Worker:
             )
         await self.queue.finish_cancelled(job)
         return "cancelled"
+
+    async def _with_reference(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with its starting image read from storage, when it has one."""
+        if request.input_reference_key is None:
+            return request
+        try:
+            data = await read_reference(self.storage, request.input_reference_key)
+        except FileNotFoundError:
+            raise ProviderError(
+                ErrorKind.FINAL,
+                "input_reference_missing",
+                "The image this video starts from is missing from storage.",
+            ) from None
+        return dataclasses.replace(request, input_reference=data)
 
     async def _follow(self, job: ClaimedJob, provider_job_id: str) -> str:
         poll = self.settings.worker_provider_poll_ms / 1000
@@ -335,25 +353,25 @@ class Worker:
         thumb_tmp = self.storage.temp_path(job.thumbnail_key)
         try:
             await self.provider.download(provider_job_id, video_tmp, thumb_tmp)
-            size = self.storage.commit(video_tmp, job.video_key)
-            self.storage.commit(thumb_tmp, job.thumbnail_key)
+            size = await self.storage.commit(video_tmp, job.video_key)
+            await self.storage.commit(thumb_tmp, job.thumbnail_key)
         finally:
             self.storage.discard(video_tmp)
             self.storage.discard(thumb_tmp)
         try:
             completed = await self.queue.complete(job, video_bytes=size)
         except JobGone:
-            self._remove_files(job)
+            await self._remove_files(job)
             raise
         if completed:
             return "completed"
         # Cancelled while downloading: the refund is done; the files must not outlive the video.
-        self._remove_files(job)
+        await self._remove_files(job)
         return "cancelled"
 
-    def _remove_files(self, job: ClaimedJob) -> None:
-        self.storage.delete(job.video_key)
-        self.storage.delete(job.thumbnail_key)
+    async def _remove_files(self, job: ClaimedJob) -> None:
+        await self.storage.delete(job.video_key)
+        await self.storage.delete(job.thumbnail_key)
 
     async def _finish_cancelled(self, job: ClaimedJob) -> str:
         """Cancelled meanwhile: the cancel put the upstream job in the outbox; drain it now."""

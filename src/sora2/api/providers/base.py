@@ -14,7 +14,7 @@ it adopts one and stops the others (`cancel`). See docs/providers.md, "Paying on
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -23,11 +23,25 @@ ProviderStatus = Literal["queued", "in_progress", "completed", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
+class RemixSource:
+    """The completed video a remix starts from: its provider job id (as the worker stored it)
+    and its prompt (the local renderer keeps the source's palette, which comes from it)."""
+
+    job_id: str
+    prompt: str
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     prompt: str
     model: str
     seconds: int
     size: str  # "WIDTHxHEIGHT"
+    # Image-to-video: where the fitted JPEG is in our storage, and its bytes once the worker has
+    # read them for `start` (the request is built from the database row, which holds only the key).
+    input_reference_key: str | None = None
+    input_reference: bytes | None = field(default=None, repr=False)
+    remix: RemixSource | None = None
 
     @property
     def width(self) -> int:

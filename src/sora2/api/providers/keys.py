@@ -62,10 +62,17 @@ class _KeyState:
 class KeyPool:
     """Hands out usable keys in turn and remembers which ones rest or were refused."""
 
-    def __init__(self, secrets: Sequence[str], *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        secrets: Sequence[str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        variable: str = "OPENAI_API_KEYS",
+    ):
         unique = list(dict.fromkeys(secret.strip() for secret in secrets if secret.strip()))
         if not unique:
-            raise ValueError("the key pool needs at least one API key (set OPENAI_API_KEYS)")
+            raise ValueError(f"the key pool needs at least one API key (set {variable})")
+        self.variable = variable  # where the keys come from, for the messages that name it
         self._keys = [
             _KeyState(secret, f"#{n + 1} {mask_key(secret)}") for n, secret in enumerate(unique)
         ]
@@ -99,7 +106,7 @@ class KeyPool:
                 ErrorKind.FINAL,
                 "no_usable_key",
                 f"all {len(self._keys)} API keys were refused by the provider (401/403); "
-                "replace them in OPENAI_API_KEYS and restart",
+                f"replace them in {self.variable} and restart",
             )
         wait = max(min(wake_times) - now, 0.0)
         return ProviderError(
@@ -143,9 +150,10 @@ class KeyPool:
         # Only our own words: the provider's message may quote part of the key back.
         key.disabled_reason = f"{status} {code or 'refused'}"
         logger.error(
-            "API key %s refused by the provider (%s): disabled; replace it in OPENAI_API_KEYS",
+            "API key %s refused by the provider (%s): disabled; replace it in %s",
             key.label,
             key.disabled_reason,
+            self.variable,
         )
 
     def health(self) -> dict[str, Any]:

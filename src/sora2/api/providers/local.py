@@ -74,9 +74,10 @@ class JobSpec:
     width: int
     height: int
     created_at: float
+    image: bool = False  # opens on the folder's reference.jpg (image-to-video)
+    palette_prompt: str | None = None  # a remix keeps its source's colours, drawn from its prompt
 
-    @property
-    def scene(self) -> Scene:
+    def scene(self, folder: JobFolder) -> Scene:
         from sora2.api.providers.render import Scene
 
         return Scene(
@@ -85,6 +86,8 @@ class JobSpec:
             height=self.height,
             seconds=self.seconds,
             caption=f"{self.model} · rendered locally",
+            image=folder.reference if self.image else None,
+            palette_prompt=self.palette_prompt,
         )
 
 
@@ -111,9 +114,13 @@ class JobFolder:
         self.thumbnail = path / "thumbnail.jpg"
         self.partial_video = path / "video.partial.mp4"
         self.partial_thumbnail = path / "thumbnail.partial.jpg"
+        self.reference = path / "reference.jpg"
 
-    def create(self, spec: JobSpec) -> None:
+    def create(self, spec: JobSpec, reference: bytes | None = None) -> None:
+        """The image first, then the spec: a folder with a spec is complete."""
         self.path.mkdir(parents=True)
+        if reference is not None:
+            write_atomically(self.reference, reference)
         write_atomically(self.spec_file, json.dumps(asdict(spec)).encode())
 
     def exists(self) -> bool:
@@ -234,7 +241,10 @@ class LocalProvider:
         return cls(settings.data_dir / "local-provider")
 
     async def start(self, request: GenerationRequest, *, idempotency_key: str | None = None) -> str:
-        spec = spec_from_request(request)
+        reference = request.input_reference
+        if request.remix is not None:
+            reference = self._reference_of_source(request.remix.job_id)
+        spec = spec_from_request(request, image=reference is not None)
         # The id is derived from the key: a second start with the same key finds the first job.
         key = idempotency_key or uuid.uuid4().hex
         job_id = f"local-{uuid.uuid5(_START_KEYS, key).hex}"
@@ -242,7 +252,7 @@ class LocalProvider:
         if folder.path.exists():
             return job_id
         try:
-            folder.create(spec)
+            folder.create(spec, reference)
         except FileExistsError:
             return job_id  # another process started it a moment ago
         except OSError as error:
@@ -260,6 +270,19 @@ class LocalProvider:
 
     async def find_started(self, request: GenerationRequest, *, since: datetime) -> list[str]:
         return []  # starts are idempotent by key: starting again is how a job is found
+
+    def _reference_of_source(self, job_id: str) -> bytes | None:
+        """A remix opens on its source's image, when the source had one."""
+        if not JOB_ID_PATTERN.fullmatch(job_id):
+            raise ProviderError(
+                ErrorKind.FINAL,
+                "remix_source_unavailable",
+                "The video to remix was not rendered here; remix another video.",
+            )
+        try:
+            return (self.root / job_id / "reference.jpg").read_bytes()
+        except FileNotFoundError:
+            return None  # no image, or its render folder was swept: the words and colours stay
 
     async def status(self, job_id: str) -> ProviderJob:
         folder = self._existing_folder(job_id)
@@ -473,7 +496,7 @@ def remove_finished_jobs(root: Path, finished_before: float) -> int:
     return removed
 
 
-def spec_from_request(request: GenerationRequest) -> JobSpec:
+def spec_from_request(request: GenerationRequest, *, image: bool = False) -> JobSpec:
     """Check what the renderer can draw; anything else is a final `invalid_request`."""
     prompt = request.prompt.strip()
     if not prompt:
@@ -497,6 +520,8 @@ def spec_from_request(request: GenerationRequest) -> JobSpec:
         width=width,
         height=height,
         created_at=time.time(),
+        image=image,
+        palette_prompt=request.remix.prompt if request.remix is not None else None,
     )
 
 
@@ -608,7 +633,7 @@ def render_job(folder: JobFolder, slots: int) -> int:
                 if not got_slot:
                     raise RenderStopped
                 render_clip(
-                    folder.read_spec().scene,
+                    folder.read_spec().scene(folder),
                     folder.partial_video,
                     folder.partial_thumbnail,
                     on_progress=ProgressFile(folder),

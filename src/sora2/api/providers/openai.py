@@ -1,15 +1,24 @@
 """The `openai` provider: the OpenAI Videos API contract through the official SDK, over a key pool.
 
-Any server speaking the same `/videos` contract works: point `OPENAI_BASE_URL` at it. The SDK's
-own retries are off (`max_retries=0`) because the worker owns the retry policy; this module only
-classifies each failure (`ProviderError.kind`) and moves on to another key when one is refused
-or rate limited, which is safe because the provider accepted nothing from that request.
+Any server speaking the same `/videos` contract works: a catalog provider of `kind = "openai"`
+(or `OPENAI_BASE_URL`) points at it. The SDK's own retries are off (`max_retries=0`) because the
+worker owns the retry policy; this module only classifies each failure (`ProviderError.kind`) and
+moves on to another key when one is refused or rate limited, which is safe because the provider
+accepted nothing from that request.
+
+Gateways speak the contract with accents (docs/models.md lists what each was built from), so
+answers are read from their JSON, leniently, rather than through the SDK's typed models: `seconds`
+may come back as a number or a string, `progress` may be missing, the status may be another word
+(LiteLLM says `processing`), an error may have no `code` or be a plain string or FastAPI's
+`{"detail": …}`, and the `thumbnail` variant may be missing or answered with the MP4 itself
+(then the thumbnail is a frame of the video, taken with PyAV).
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import os
 import time
@@ -23,8 +32,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
+from openai import Omit, omit
+from openai._types import FileTypes
 from openai.types import Video, VideoSeconds, VideoSize
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from sora2.api.providers.base import (
     ErrorKind,
@@ -56,13 +67,27 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _THUMBNAIL_JPEG_QUALITY = 88
 # Statuses that say "not now" rather than "never": worth another try later.
 _RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
-_PROVIDER_STATUSES: frozenset[str] = frozenset({"queued", "in_progress", "completed", "failed"})
 _CLOCK_SLACK_SECONDS = 5.0
+# Status words servers use for the contract's four (lower-cased, `-` and spaces read as `_`).
+_STATUS_WORDS: dict[str, ProviderStatus] = {
+    **dict.fromkeys(
+        ("queued", "pending", "submitted", "waiting", "created", "not_started"), "queued"
+    ),
+    **dict.fromkeys(
+        ("in_progress", "processing", "running", "generating", "rendering", "started", "starting"),
+        "in_progress",
+    ),
+    **dict.fromkeys(
+        ("completed", "complete", "succeeded", "success", "done", "finished"), "completed"
+    ),
+    **dict.fromkeys(
+        ("failed", "failure", "error", "errored", "cancelled", "canceled", "expired", "rejected"),
+        "failed",
+    ),
+}
 
 
 class OpenAIProvider:
-    name = "openai"
-
     def __init__(
         self,
         *,
@@ -70,13 +95,17 @@ class OpenAIProvider:
         base_url: str,
         timeout_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "openai",
+        keys_variable: str = "OPENAI_API_KEYS",
     ) -> None:
-        self._pool = KeyPool(api_keys, clock=clock)
+        self.name = name  # the catalog's name for this provider
+        self._pool = KeyPool(api_keys, clock=clock, variable=keys_variable)
         self._base_url = base_url.rstrip("/")
         self._timeout_seconds = timeout_seconds
         # One connection pool for every key: keys differ only in their Authorization header.
         self._http = openai.DefaultAsyncHttpxClient()
         self._clients: dict[int, openai.AsyncOpenAI] = {}
+        self._serves_thumbnails = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIProvider:
@@ -87,19 +116,35 @@ class OpenAIProvider:
         )
 
     async def start(self, request: GenerationRequest, *, idempotency_key: str | None = None) -> str:
-        # The API layer validated these against the same enumerations the SDK types spell out.
         # OpenAI's API answered a repeated `Idempotency-Key` with the job the first request made.
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        video = await self._with_a_key(
-            lambda client: client.videos.create(
+        # The api checked these against the model's catalog entry; `model` is its upstream name.
+        # Multipart carries every field as text, so `seconds` goes as "8" to every server.
+        remix = request.remix
+        if remix is not None:
+            # The contract's remix takes only the new prompt: model, length and size are the
+            # source's.
+            raw = await self._with_a_key(
+                lambda client: client.videos.with_raw_response.remix(
+                    remix.job_id, prompt=request.prompt, extra_headers=headers
+                )
+            )
+            return _video_id(raw.text)
+        # The image goes as a multipart file part, as the SDK sends one; without it, no part.
+        reference: FileTypes | Omit = omit
+        if request.input_reference is not None:
+            reference = ("reference.jpg", request.input_reference, "image/jpeg")
+        raw = await self._with_a_key(
+            lambda client: client.videos.with_raw_response.create(
                 prompt=request.prompt,
                 model=request.model,
                 seconds=cast(VideoSeconds, str(request.seconds)),
                 size=cast(VideoSize, request.size),
+                input_reference=reference,
                 extra_headers=headers,
             )
         )
-        return video.id
+        return _video_id(raw.text)
 
     async def find_started(self, request: GenerationRequest, *, since: datetime) -> list[str]:
         """Live jobs listed upstream (newest first, so the walk stops at `since`) that ask for
@@ -111,21 +156,29 @@ class OpenAIProvider:
         return [video.id for video in sorted(matching, key=lambda video: video.created_at)]
 
     async def status(self, job_id: str) -> ProviderJob:
-        video = await self._with_a_key(lambda client: client.videos.retrieve(job_id))
-        return job_from_video(video)
+        raw = await self._with_a_key(
+            lambda client: client.videos.with_raw_response.retrieve(job_id)
+        )
+        return job_from_answer(job_id, raw.text)
 
     async def download(self, job_id: str, video: Path, thumbnail: Path) -> None:
         await self._download_variant(job_id, "video", video)
-        try:
-            await self._download_variant(job_id, "thumbnail", thumbnail)
-        except ProviderError as error:
-            if error.retryable or error.code == "no_usable_key":
-                raise
-            # Servers speaking the contract without the thumbnail variant: the video has frames.
-            logger.info(
-                "job %s has no thumbnail upstream (%s): taking the first frame", job_id, error.code
-            )
-            await asyncio.to_thread(_first_frame_as_jpeg, video, thumbnail)
+        if self._serves_thumbnails:
+            try:
+                await self._download_variant(job_id, "thumbnail", thumbnail)
+                return
+            except ProviderError as error:
+                if error.retryable or error.code == "no_usable_key":
+                    raise
+                # Servers speaking the contract without the thumbnail variant (or answering it
+                # with the video itself): the video has frames, and we stop asking.
+                logger.info(
+                    "provider %s serves no thumbnail (%s): taking a frame of each video",
+                    self.name,
+                    error.code,
+                )
+                self._serves_thumbnails = False
+        await asyncio.to_thread(_first_frame_as_jpeg, video, thumbnail)
 
     async def cancel(self, job_id: str) -> None:
         # The contract has no cancel: deleting the job is how a generation is abandoned upstream.
@@ -206,7 +259,14 @@ class OpenAIProvider:
         try:
             await self._with_a_key(lambda client: _stream_to(client, job_id, variant, partial))
             if variant == "thumbnail":
-                await asyncio.to_thread(_ensure_jpeg, partial)
+                try:
+                    await asyncio.to_thread(_ensure_jpeg, partial)
+                except (UnidentifiedImageError, OSError) as error:
+                    raise ProviderError(
+                        ErrorKind.FINAL,
+                        "thumbnail_not_an_image",
+                        "the thumbnail variant did not answer an image",
+                    ) from error
             os.replace(partial, destination)
         finally:
             partial.unlink(missing_ok=True)
@@ -275,26 +335,78 @@ def _first_frame_as_jpeg(video: Path, thumbnail: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def job_from_video(video: Video) -> ProviderJob:
-    """The SDK's `Video` as our `ProviderJob`; a failure keeps the provider's code and message."""
-    status = str(video.status)
-    if status not in _PROVIDER_STATUSES:
+def _answer_json(text: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise ProviderError(
+            ErrorKind.TRANSIENT,
+            "invalid_response",
+            "the provider's answer was not a JSON object; ask again later",
+        )
+    return document
+
+
+def _video_id(text: str) -> str:
+    """The id a create (or remix) answered. Without one the server may still have started a
+    paid generation, so this is final, not retried: a retry could pay for it twice."""
+    try:
+        video_id = _answer_json(text).get("id")
+    except ProviderError:
+        video_id = None
+    if not isinstance(video_id, str) or not video_id:
+        raise ProviderError(
+            ErrorKind.FINAL,
+            "invalid_response",
+            "the provider accepted the request but named no video id; not retried, so as not "
+            "to pay for it twice",
+        )
+    return video_id
+
+
+def job_from_answer(job_id: str, text: str) -> ProviderJob:
+    """A `GET /videos/{id}` answer as our `ProviderJob`, read leniently (see the module's doc);
+    a failure keeps the provider's code and message."""
+    document = _answer_json(text)
+    word = str(document.get("status", "")).strip().lower().replace("-", "_").replace(" ", "_")
+    status = _STATUS_WORDS.get(word)
+    progress = _percent(document.get("progress"))
+    if status is None:
         return ProviderJob(
-            video.id,
+            job_id,
             "failed",
+            progress=progress,
             error_code="unexpected_status",
-            error_message=f"the provider reported status {status!r}, unknown to the contract",
+            error_message=f"the provider reported status {word[:40]!r}, unknown to the contract",
         )
     if status == "failed":
-        return ProviderJob(
-            video.id,
-            "failed",
-            progress=_percent(video.progress),
-            error_code=video.error.code if video.error else "generation_failed",
-            error_message=video.error.message if video.error else "the provider gave no reason",
-        )
-    progress = 100 if status == "completed" else _percent(video.progress)
-    return ProviderJob(video.id, cast(ProviderStatus, status), progress=progress)
+        code, message = _failure_of(document.get("error"), word)
+        return ProviderJob(job_id, "failed", progress, code, message)
+    return ProviderJob(job_id, status, progress=100 if status == "completed" else progress)
+
+
+def _failure_of(error: object, word: str) -> tuple[str, str]:
+    """`error` as servers send it: `{code, message}`, `{message}`, a code as a number, a string."""
+    if isinstance(error, dict):
+        code, message = error.get("code"), error.get("message")
+    else:
+        code, message = None, error
+    code_text = _code_text(code) or ("cancelled" if word in ("cancelled", "canceled") else "")
+    return (
+        code_text or "generation_failed",
+        str(message)[:500] if message else "the provider gave no reason",
+    )
+
+
+def _code_text(code: object) -> str | None:
+    """A provider's error code as a word; bare HTTP numbers (vLLM's 500, LiteLLM's "400") say
+    nothing more than the status, so they become `http_500`."""
+    if code is None or code == "":
+        return None
+    text = str(code).strip()
+    return f"http_{text}" if text.isdigit() else text[:64]
 
 
 def _percent(value: object) -> int:
@@ -321,7 +433,7 @@ def provider_error(error: openai.APIError) -> ProviderError:
             "the provider's answer did not follow the contract",
         )
     status = error.status_code
-    code = error.code or f"http_{status}"
+    code = _code_text(error.code) or f"http_{status}"
     message = _provider_message(error)
     if status == 404:
         return ProviderError(ErrorKind.NOT_FOUND, code, message)
@@ -332,9 +444,14 @@ def provider_error(error: openai.APIError) -> ProviderError:
 
 
 def _provider_message(error: openai.APIStatusError) -> str:
+    """The server's words, wherever its dialect puts them: OpenAI's `error.message`, a plain
+    `error` string, or FastAPI's `detail` (vLLM-Omni)."""
     body = error.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
-        return str(body["message"])
+    if isinstance(body, dict):
+        for key in ("message", "error", "detail"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value[:500]
     return f"the provider answered HTTP {error.status_code}"
 
 

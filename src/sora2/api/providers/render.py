@@ -1,6 +1,7 @@
 """Pure rendering for the `local` provider: a prompt becomes an animated H.264 MP4 and a JPEG.
 
-The scene is a horizontally scrolling gradient with soft drifting lights, the prompt's words
+The scene is a horizontally scrolling gradient with soft drifting lights (or, from an image, that
+image slowly panning and zooming), the prompt's words
 revealed one by one over the first part of the clip, a small caption and a thin timeline bar.
 Everything costly is drawn once (the gradient strip, the light sprites, the text layers); each
 frame is a slice of the strip plus a few small integer blends on numpy arrays, painted directly in
@@ -22,7 +23,7 @@ from typing import Any
 import av
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 FPS = 24
 # Measured on a 4 s 720p clip: superfast costs 40 % less CPU than veryfast for files twice as big
@@ -63,6 +64,13 @@ class Scene:
     seconds: int
     fps: int = FPS
     caption: str = ""  # small print in the top-left corner, e.g. which model it stands in for
+    image: Path | None = None  # image-to-video: the clip opens on it, slowly panning and zooming
+    palette_prompt: str | None = None  # a remix keeps its source's colours (from its prompt)
+
+    @property
+    def look(self) -> str:
+        """What the colours and the lights are drawn from."""
+        return self.palette_prompt or self.prompt
 
     @property
     def frame_count(self) -> int:
@@ -223,9 +231,11 @@ class FramePainter:
 
     def __init__(self, scene: Scene) -> None:
         self.scene = scene
-        palette = palette_for(scene.prompt)
+        palette = palette_for(scene.look)
         self.strip = GradientStrip(scene.width, scene.height, palette)
-        self.lights = drifting_lights(scene, palette)
+        self.picture = PanAndZoom(scene) if scene.image is not None else None
+        # Over a picture the lights would only muddy it: the words and the motion carry the clip.
+        self.lights = drifting_lights(scene, palette) if self.picture is None else []
         self.text = TextLayer(scene)
         self.caption = Caption(scene) if scene.caption.strip() else None
         self.bar_colour = colour_to_yuv(palette.light)
@@ -235,8 +245,11 @@ class FramePainter:
         """The frame, in a buffer that the next call overwrites."""
         scene = self.scene
         progress = index / scene.frame_count
-        # The strip is one period wide beyond the frame, so one period scrolls by per clip.
-        self.strip.copy_window(self.planes, _even(progress * scene.width))
+        if self.picture is not None:
+            self.picture.paint(self.planes, progress)
+        else:
+            # The strip is one period wide beyond the frame, so one period scrolls by per clip.
+            self.strip.copy_window(self.planes, _even(progress * scene.width))
         time = index / scene.fps
         for light in self.lights:
             light.blend_onto(self.planes, time)
@@ -283,6 +296,52 @@ class GradientStrip:
         chroma = offset // 2
         np.copyto(planes.u, self.u[:, chroma : chroma + self.width // 2])
         np.copyto(planes.v, self.v[:, chroma : chroma + self.width // 2])
+
+
+class PanAndZoom:
+    """The starting image, slowly zooming in while it drifts sideways (a Ken Burns move).
+
+    The image is turned into the encoder's Y, U and V planes once; each frame resamples a
+    shrinking window of each plane to the frame's size (Pillow, on 8-bit planes: a few
+    milliseconds at 720p), so no frame pays for a colour conversion. The api fitted the image to
+    the video's size; it is fitted again here should it not be.
+    """
+
+    ZOOM = 1.15  # the last frame shows 1/1.15 of the width and height
+    DRIFT = 0.5  # of the spare margin, from one side to the other
+
+    def __init__(self, scene: Scene) -> None:
+        assert scene.image is not None
+        with Image.open(scene.image) as opened:
+            image = opened.convert("RGB")
+        if image.size != (scene.width, scene.height):
+            image = ImageOps.fit(image, (scene.width, scene.height), Image.Resampling.LANCZOS)
+        y, u, v = rgb_to_yuv(np.asarray(image, dtype=np.float32))
+        self.y = Image.fromarray(_to_pixels(y), "L")
+        self.u = Image.fromarray(_to_pixels(half(u)), "L")
+        self.v = Image.fromarray(_to_pixels(half(v)), "L")
+        self.width, self.height = scene.width, scene.height
+
+    def window(self, progress: float) -> tuple[float, float, float, float]:
+        """The part of the image frame `progress` (0 to 1) shows, as a box."""
+        eased = progress * progress * (3 - 2 * progress)  # smoothstep: no jolt at either end
+        zoom = 1 + (self.ZOOM - 1) * eased
+        box_width, box_height = self.width / zoom, self.height / zoom
+        spare_x, spare_y = self.width - box_width, self.height - box_height
+        left = spare_x * (0.5 + self.DRIFT * (eased - 0.5))
+        top = spare_y / 2
+        return left, top, left + box_width, top + box_height
+
+    def paint(self, planes: Planes, progress: float) -> None:
+        box = self.window(progress)
+        chroma_box = (box[0] / 2, box[1] / 2, box[2] / 2, box[3] / 2)
+        for plane, source, size, window in (
+            (planes.y, self.y, (self.width, self.height), box),
+            (planes.u, self.u, (self.width // 2, self.height // 2), chroma_box),
+            (planes.v, self.v, (self.width // 2, self.height // 2), chroma_box),
+        ):
+            resized = source.resize(size, Image.Resampling.BILINEAR, box=window)
+            np.copyto(plane, np.asarray(resized))
 
 
 def _pairs(row: Floats) -> Floats:
@@ -350,7 +409,7 @@ def _blend_towards(plane: Pixels, weights: Shorts, left: int, top: int, target: 
 
 
 def drifting_lights(scene: Scene, palette: Palette, count: int = 5) -> list[DriftingLight]:
-    digest = hashlib.sha256(("lights:" + scene.prompt).encode()).digest()
+    digest = hashlib.sha256(("lights:" + scene.look).encode()).digest()
     short = min(scene.width, scene.height)
     lights = []
     for i in range(count):

@@ -41,6 +41,9 @@ class Video(Base):
     provider_job_id: Mapped[str | None] = mapped_column(String(128), default=None)
     video_key: Mapped[str | None] = mapped_column(String(255), default=None)
     thumbnail_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    # The image a video started from (image-to-video), fitted to its size, in storage.
+    input_reference_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    remix_of: Mapped[str | None] = mapped_column(String(36), default=None)  # the source video's id
     video_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import asyncio
+import hashlib
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from sora2.api import live
 from sora2.api.context import ApiContext
@@ -22,8 +28,17 @@ from sora2.api.deps import (
 from sora2.api.errors import ERROR_RESPONSES, ApiError
 from sora2.api.idempotency.service import IdempotencyKeyHeader, IdempotentRequest
 from sora2.api.schemas import PageNumber, PageSize
-from sora2.api.videos import service
-from sora2.api.videos.schemas import VideoCreate, VideoCreated, VideoOut, VideoPage, VideoStatus
+from sora2.api.stored_files import stored_file_response
+from sora2.api.videos import images, service
+from sora2.api.videos.models import Video
+from sora2.api.videos.schemas import (
+    RemixCreate,
+    VideoCreate,
+    VideoCreated,
+    VideoOut,
+    VideoPage,
+    VideoStatus,
+)
 
 router = APIRouter(prefix="/api/videos", tags=["videos"], responses=ERROR_RESPONSES)
 
@@ -31,10 +46,20 @@ CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     402: ERROR_RESPONSES[400] | {"description": "Not enough credits"},
     422: ERROR_RESPONSES[400]
     | {"description": "A field is invalid, or the Idempotency-Key was used for another request"},
+    429: ERROR_RESPONSES[400]
+    | {"description": "Too many videos started in the window (GENERATE_LIMIT_PER_USER)"},
 }
 STATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: ERROR_RESPONSES[400] | {"description": "Not possible in this state"}
 }
+
+
+class _MultipartSeen(BaseModel):
+    """What makes a multipart create "the same request" for its Idempotency-Key: the fields and
+    the image's digest (the image itself is too big to keep)."""
+
+    fields: VideoCreate
+    input_reference_sha256: str
 
 
 async def _create(
@@ -44,31 +69,172 @@ async def _create(
     body: VideoCreate,
     *,
     idempotent: IdempotentRequest | None,
+    image: bytes | None = None,
+    remix_of: Video | None = None,
 ) -> VideoCreated | JSONResponse:
-    """Charge and queue (202), or replay the answer to an earlier request with the same key."""
+    """Charge and queue (202), or replay the answer to an earlier request with the same key.
+
+    A refusal (a choice the model does not offer, a bad image, too few credits) leaves nothing
+    behind: no charge, no video, no file, no key."""
     if idempotent is not None and (replay := await idempotent.claim()) is not None:
         return replay
-    video, balance = await service.create(
-        session,
-        settings=context.settings,
-        user_id=user_id,
-        prompt=body.prompt,
-        model=body.model,
-        seconds=body.seconds,
-        size=body.size,
+    await context.limiter.check_and_record(
+        f"generate:user:{user_id}",
+        context.settings.generate_limit_per_user,
+        "videos started in a short time",
     )
+    choice = service.choose(context.catalog, model=body.model, seconds=body.seconds, size=body.size)
+    fitted = None
+    if image is not None:
+        service.check_image_input(context.catalog, choice.model)
+        width, height = (int(side) for side in choice.size.split("x"))
+        fitted = await asyncio.to_thread(
+            images.fit_reference,
+            image,
+            width=width,
+            height=height,
+            max_bytes=context.settings.input_reference_max_bytes,
+        )
+    video, balance = await service.create(
+        session, user_id=user_id, prompt=body.prompt, choice=choice, remix_of=remix_of
+    )
+    if fitted is not None:
+        video.input_reference_key = images.reference_key(user_id, video.id)
+        await images.store_reference(context.storage, video.input_reference_key, fitted.data)
     created = VideoCreated.model_validate(
-        {**VideoOut.model_validate(video).model_dump(), "balance": balance}
+        {
+            **VideoOut.model_validate(video).model_dump(),
+            "input_reference_key": video.input_reference_key,
+            "balance": balance,
+        }
     )
     if idempotent is not None:
         idempotent.complete(202, created.model_dump(mode="json", by_alias=True))
-    await session.commit()
+    try:
+        await session.commit()
+    except BaseException:
+        if video.input_reference_key is not None:
+            await context.storage.delete(video.input_reference_key)
+        raise
     return created
 
 
-@router.post("", response_model=VideoCreated, status_code=202, responses=CREATE_RESPONSES)
+_FORM_FIELDS_ALLOWANCE = 64 * 1024  # multipart boundaries, headers and the text fields
+
+
+def _invalid_body(error: ValidationError) -> RequestValidationError:
+    """pydantic's complaint about a body we parsed ourselves, answered like FastAPI's own."""
+    return RequestValidationError(
+        [{**item, "loc": ("body", *item.get("loc", ()))} for item in error.errors()]
+    )
+
+
+async def _create_input(request: Request, max_bytes: int) -> tuple[VideoCreate, bytes | None]:
+    """The create's fields, and the image when it came as multipart `input_reference`."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return await _form_input(request, max_bytes)
+    if content_type not in ("", "application/json"):
+        raise ApiError(
+            415,
+            "Unsupported Media Type",
+            "Send the video's fields as application/json, or as multipart/form-data with an "
+            "image in input_reference.",
+        )
+    raw = await request.body()
+    if not raw.strip():
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "required"}])
+    try:
+        # json.loads, as FastAPI reads bodies: text a database cannot store (a lone surrogate)
+        # is then the model's 422 naming the field, not a 400 for the whole body.
+        document = json.loads(raw)
+    except ValueError:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": "invalid JSON"}]
+        ) from None
+    try:
+        return VideoCreate.model_validate(document), None
+    except ValidationError as error:
+        raise _invalid_body(error) from None
+
+
+async def _form_input(request: Request, max_bytes: int) -> tuple[VideoCreate, bytes | None]:
+    # Refused before the parser spools the body to disk: the image plus room for the fields.
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + _FORM_FIELDS_ALLOWANCE:
+        images.check_size(int(declared) - _FORM_FIELDS_ALLOWANCE, max_bytes)
+    try:
+        form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
+    except (MultiPartException, HTTPException) as error:
+        detail = getattr(error, "message", None) or getattr(error, "detail", "")
+        raise ApiError(
+            400,
+            "Bad Request",
+            f"The multipart body could not be read ({detail}): send "
+            "prompt, model, seconds and size as fields and the image as one file.",
+        ) from None
+    fields: dict[str, object] = {}
+    upload: UploadFile | None = None
+    for name, value in form.multi_items():
+        if name == images.FIELD:
+            if isinstance(value, str):
+                raise ApiError(
+                    422,
+                    "Validation Error",
+                    "input_reference must be a file (an image), not text.",
+                    details={"fields": [{"field": images.FIELD, "message": "must be a file"}]},
+                )
+            upload = value
+        elif isinstance(value, str):
+            fields[name] = value
+        else:
+            fields[name] = "<file>"  # a file where text belongs: the model says which field
+    try:
+        body = VideoCreate.model_validate(fields)
+    except ValidationError as error:
+        raise _invalid_body(error) from None
+    if upload is None:
+        return body, None
+    data = await upload.read(max_bytes + 1)
+    await upload.close()
+    images.check_size(len(data), max_bytes)
+    return body, data
+
+
+CREATE_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": VideoCreate.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["prompt"],
+                    "properties": {
+                        **VideoCreate.model_json_schema()["properties"],
+                        images.FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "JPEG, PNG or WebP; fitted to the size by a centred "
+                            "cover-crop (models with image_input only)",
+                        },
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    response_model=VideoCreated,
+    status_code=202,
+    responses=CREATE_RESPONSES,
+    openapi_extra=CREATE_REQUEST_BODY,
+)
 async def create_video(
-    body: VideoCreate,
+    request: Request,
     user: CurrentUser,
     context: Context,
     session: SessionDep,
@@ -76,17 +242,23 @@ async def create_video(
 ) -> VideoCreated | JSONResponse:
     """Queue a video: its cost is charged now, refunded on failure.
 
-    Send an `Idempotency-Key` to make retrying safe: the same request with the same key answers
-    the first video again (with `Idempotent-Replayed: true`) and is charged once."""
+    JSON, or multipart/form-data with an image in `input_reference` to start from (models with
+    `image_input`). Send an `Idempotency-Key` to make retrying safe: the same request with the
+    same key answers the first video again (with `Idempotent-Replayed: true`) and is charged
+    once."""
+    body, image = await _create_input(request, context.settings.input_reference_max_bytes)
+    seen: BaseModel = body
+    if image is not None:
+        seen = _MultipartSeen(fields=body, input_reference_sha256=hashlib.sha256(image).hexdigest())
     idempotent = IdempotentRequest.of(
         session,
         user_id=user.id,
         key=idempotency_key,
         method="POST",
         path="/api/videos",
-        body=body,
+        body=seen,
     )
-    return await _create(context, session, user.id, body, idempotent=idempotent)
+    return await _create(context, session, user.id, body, idempotent=idempotent, image=image)
 
 
 @router.get("", response_model=VideoPage)
@@ -170,6 +342,46 @@ async def regenerate_video(
     return await _create(context, session, user.id, body, idempotent=idempotent)
 
 
+@router.post(
+    "/{video_id}/remix",
+    response_model=VideoCreated,
+    status_code=202,
+    responses=CREATE_RESPONSES | STATE_RESPONSES,
+)
+async def remix_video(
+    video_id: str,
+    body: RemixCreate,
+    user: CurrentUser,
+    context: Context,
+    session: SessionDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> VideoCreated | JSONResponse:
+    """Make a new video from a completed one of yours, with new words: same model, length and
+    size, charged like a create of them. Only for models with `remix` (GET /api/models). The new
+    video's `remixOf` names its source."""
+    idempotent = IdempotentRequest.of(
+        session,
+        user_id=user.id,
+        key=idempotency_key,
+        method="POST",
+        path=f"/api/videos/{video_id}/remix",
+        body=body,
+    )
+    if idempotent is not None and (replay := await idempotent.claim()) is not None:
+        return replay
+    source = await service.get_own(session, user_id=user.id, video_id=video_id)
+    service.check_remix(context.catalog, source)
+    fields = VideoCreate.model_validate(
+        {
+            "prompt": body.prompt,
+            "model": source.model,
+            "seconds": source.seconds,
+            "size": source.size,
+        }
+    )
+    return await _create(context, session, user.id, fields, idempotent=idempotent, remix_of=source)
+
+
 async def _read_started() -> float:
     # Listed before the caller's dependencies: on SQLite the read connection's snapshot dates
     # from its first query, the caller check, and the poller must know how old this read is.
@@ -216,29 +428,7 @@ async def video_events(
     )
 
 
-def _check_range(request: Request, path: Path) -> None:
-    """Answers a bad `Range` in our JSON shape (Starlette's own answer would be plain text)."""
-    header = request.headers.get("range")
-    if header is None:
-        return
-    size = path.stat().st_size
-    try:
-        FileResponse._parse_range_header(header, size)
-    except MalformedRangeHeader:
-        raise ApiError(
-            400, "Bad Request", "The Range header is malformed: send e.g. 'bytes=0-1023'."
-        ) from None
-    except RangeNotSatisfiable:
-        raise ApiError(
-            416,
-            "Range Not Satisfiable",
-            f"The requested range is outside the file ({size} bytes).",
-            details={"size": size},
-            headers={"Content-Range": f"bytes */{size}"},
-        ) from None
-
-
-def _file_of(context: ApiContext, video: dict[str, Any], key: str, what: str) -> str:
+def completed_file_key(video: dict[str, Any], key: str, what: str) -> str:
     status, stored = video["status"], video[key]
     if status != "completed" or stored is None:
         raise ApiError(
@@ -247,10 +437,7 @@ def _file_of(context: ApiContext, video: dict[str, Any], key: str, what: str) ->
             f"This video is {status}: its {what} exists once it has completed.",
             details={"status": status},
         )
-    path = context.storage.path(stored)
-    if not path.is_file():
-        raise ApiError(404, "Not Found", f"The {what} file of this video is missing from storage.")
-    return str(path)
+    return str(stored)
 
 
 FILE_RESPONSES: dict[int | str, dict[str, Any]] = STATE_RESPONSES | {
@@ -260,7 +447,7 @@ FILE_RESPONSES: dict[int | str, dict[str, Any]] = STATE_RESPONSES | {
 }
 
 
-@router.get("/{video_id}/content", response_class=FileResponse, responses=FILE_RESPONSES)
+@router.get("/{video_id}/content", response_class=StreamingResponse, responses=FILE_RESPONSES)
 async def video_content(
     request: Request,
     video_id: str,
@@ -268,17 +455,49 @@ async def video_content(
     context: Context,
     connection: ReadConnection,
     download: Annotated[bool, Query(description="add Content-Disposition: attachment")] = False,
-) -> FileResponse:
+) -> StreamingResponse:
     """The MP4; `Range` requests get 206 (416 outside the file); `?download=1` saves as a file."""
     video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
-    path = _file_of(context, video, "video_key", "video")
-    _check_range(request, Path(path))
-    return FileResponse(
-        path,
+    return await stored_file_response(
+        request,
+        context.storage,
+        completed_file_key(video, "video_key", "video"),
+        what="video",
         media_type="video/mp4",
-        filename=f"sora2-{video_id}.mp4" if download else None,
-        content_disposition_type="attachment",
-        headers={"Cache-Control": "private, max-age=3600"},
+        cache_control="private, max-age=3600",
+        download_name=f"sora2-{video_id}.mp4" if download else None,
+    )
+
+
+REFERENCE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/jpeg": {}}, "description": "JPEG, the video's size"}
+}
+
+
+@router.get(
+    "/{video_id}/input_reference",
+    response_class=StreamingResponse,
+    responses=REFERENCE_RESPONSES,
+)
+async def video_input_reference(
+    request: Request,
+    video_id: str,
+    caller: CallerDep,
+    context: Context,
+    connection: ReadConnection,
+) -> StreamingResponse:
+    """The image this video started from, as it was sent upstream (fitted to the video's size)."""
+    video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
+    key = video["input_reference_key"]
+    if key is None:
+        raise ApiError(404, "Not Found", "This video did not start from an image.")
+    return await stored_file_response(
+        request,
+        context.storage,
+        str(key),
+        what="starting image",
+        media_type="image/jpeg",
+        cache_control="private, max-age=3600",
     )
 
 
@@ -289,14 +508,18 @@ THUMBNAIL_RESPONSES: dict[int | str, dict[str, Any]] = STATE_RESPONSES | {
 
 @router.get(
     "/{video_id}/thumbnail",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses=THUMBNAIL_RESPONSES,
 )
 async def video_thumbnail(
-    video_id: str, caller: CallerDep, context: Context, connection: ReadConnection
-) -> FileResponse:
+    request: Request, video_id: str, caller: CallerDep, context: Context, connection: ReadConnection
+) -> StreamingResponse:
     video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
-    path = _file_of(context, video, "thumbnail_key", "thumbnail")
-    return FileResponse(
-        path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
+    return await stored_file_response(
+        request,
+        context.storage,
+        completed_file_key(video, "thumbnail_key", "thumbnail"),
+        what="thumbnail",
+        media_type="image/jpeg",
+        cache_control="private, max-age=3600",
     )

@@ -7,6 +7,7 @@ only that one writes the refund, in the same transaction.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, bindparam, func, select, update
@@ -19,33 +20,114 @@ from sora2.api.jobs.models import Job
 from sora2.api.jobs.stops import stop_video_upstream
 from sora2.api.storage import Storage
 from sora2.api.videos.models import ACTIVE_STATUSES, Video
-from sora2.settings import Settings
+from sora2.catalog import Catalog, Model
 
 
-def cost_of(settings: Settings, *, model: str, seconds: int) -> int:
-    return settings.video_prices[model] * seconds
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """A model with a length and a size it makes: what a create may ask for."""
+
+    model: Model
+    seconds: int
+    size: str
+
+    @property
+    def cost(self) -> int:
+        return self.model.cost(self.seconds)
+
+
+def choose(catalog: Catalog, *, model: str | None, seconds: int | None, size: str | None) -> Choice:
+    """The request checked against its model's catalog entry (omitted fields take the model's
+    first choice); a 422 naming the field and what that model allows."""
+    chosen = catalog.default if model is None else catalog.get(model)
+    if chosen is None:
+        offered = ", ".join(catalog.models)
+        raise _invalid_choice(
+            "model",
+            f"{model!r} is not offered; choose one of {offered} (GET /api/models lists them)",
+            allowed=list(catalog.models),
+        )
+    seconds = chosen.default_seconds if seconds is None else seconds
+    if (refusal := chosen.seconds_refusal(seconds)) is not None:
+        raise _invalid_choice("seconds", refusal, allowed=list(chosen.seconds))
+    size = chosen.default_size if size is None else size
+    if (refusal := chosen.size_refusal(size)) is not None:
+        raise _invalid_choice("size", refusal, allowed=list(chosen.sizes))
+    return Choice(chosen, seconds, size)
+
+
+def _invalid_choice(field: str, message: str, *, allowed: list[Any]) -> ApiError:
+    return ApiError(
+        422,
+        "Validation Error",
+        f"Invalid request: {field}: {message}.",
+        details={"fields": [{"field": field, "message": message}], "allowed": allowed},
+    )
+
+
+def check_image_input(catalog: Catalog, model: Model) -> None:
+    """An image is only for models that take one (`image_input`); say which do."""
+    if model.image_input:
+        return
+    takers = [m.id for m in catalog.models.values() if m.image_input]
+    fix = f"choose {', '.join(takers)}" if takers else "no model here takes one"
+    message = f"{model.id} does not start from an image; send no input_reference, or {fix}"
+    raise ApiError(
+        422,
+        "Validation Error",
+        f"Invalid request: input_reference: {message}.",
+        details={"fields": [{"field": "input_reference", "message": message}], "allowed": takers},
+    )
+
+
+def check_remix(catalog: Catalog, source: Video) -> None:
+    """A remix needs a completed source whose model offers remixing; else a 4xx saying why."""
+    if source.status != "completed":
+        raise ApiError(
+            409,
+            "Conflict",
+            f"This video is {source.status}: only a completed video can be remixed.",
+            details={"status": source.status},
+        )
+    model = catalog.get(source.model)
+    if model is None:
+        raise ApiError(
+            422,
+            "Validation Error",
+            f"{source.model} is no longer offered, so its videos cannot be remixed; make a new "
+            "video with one of the models on offer.",
+            details={"model": source.model, "allowed": list(catalog.models)},
+        )
+    if not model.remix:
+        remixable = [m.id for m in catalog.models.values() if m.remix]
+        which = f" ({', '.join(remixable)} can)" if remixable else ""
+        raise ApiError(
+            422,
+            "Validation Error",
+            f"{model.id} does not offer remix{which}; regenerate or make a new video instead.",
+            details={"model": model.id, "allowed": remixable},
+        )
 
 
 async def create(
     session: AsyncSession,
     *,
-    settings: Settings,
     user_id: str,
     prompt: str,
-    model: str,
-    seconds: int,
-    size: str,
+    choice: Choice,
+    remix_of: Video | None = None,
 ) -> tuple[Video, int]:
     """Inserts the video and its job and charges for it, in the caller's transaction: the caller
     commits all of it together (with its idempotency key, if any), or nothing."""
     video = Video(
         user_id=user_id,
         prompt=prompt,
-        model=model,
-        seconds=seconds,
-        size=size,
-        cost=cost_of(settings, model=model, seconds=seconds),
-        provider=settings.video_provider,
+        model=choice.model.id,
+        seconds=choice.seconds,
+        size=choice.size,
+        cost=choice.cost,
+        provider=choice.model.provider,
+        remix_of=remix_of.id if remix_of is not None else None,
     )
     session.add(video)
     await session.flush()
@@ -54,7 +136,7 @@ async def create(
         user_id=user_id,
         cost=video.cost,
         video_id=video.id,
-        description=f"{model}, {seconds} s, {size}",
+        description=f"{video.model}, {video.seconds} s, {video.size}",
     )
     session.add(Job(video_id=video.id))
     await session.flush()  # the job and the charge's ledger row together
@@ -180,9 +262,8 @@ async def delete(session: AsyncSession, *, storage: Storage, user_id: str, video
     video = await get_own(session, user_id=user_id, video_id=video_id)
     if video.status == "completed":
         await stop_video_upstream(session, video, reason="deleted")  # it holds our copy's source
-    keys = [key for key in (video.video_key, video.thumbnail_key) if key]
+    keys = [key for key in (video.video_key, video.thumbnail_key, video.input_reference_key) if key]
     await _lock_job_first(session, video_id)  # deleting the video deletes its job too
     await session.delete(video)
     await session.commit()
-    for key in keys:
-        storage.delete(key)
+    await storage.forget(keys)

@@ -37,7 +37,9 @@ export function apiUrl(path, query = {}) {
 async function send(method, path, { body, query, headers: extra } = {}) {
   const headers = { Accept: "application/json", ...extra };
   const init = { method, headers, credentials: "same-origin", cache: "no-store" };
-  if (body !== undefined) {
+  if (body instanceof FormData) {
+    init.body = body; // multipart: the browser writes the Content-Type with its boundary
+  } else if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
@@ -110,7 +112,8 @@ export function newIdempotencyKey() {
 export const api = {
   get: (path, query) => request("GET", path, { query }),
   post: (path, body) => request("POST", path, { body }),
-  /** A POST the api deduplicates: the same key again answers the first result, charged once. */
+  /** A POST the api deduplicates: the same key again answers the first result, charged once.
+   * `body` may be FormData (sent as multipart/form-data, e.g. with an image). */
   postOnce: (path, body, idempotencyKey) =>
     request("POST", path, { body, headers: { "Idempotency-Key": idempotencyKey } }),
   put: (path, body) => request("PUT", path, { body }),

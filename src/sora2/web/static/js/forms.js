@@ -9,7 +9,9 @@ function draftKey(form) {
 
 function draftFields(form) {
   // Passwords are never written anywhere, not even to this tab's storage.
-  return [...form.elements].filter((field) => field.name && field.type !== "password" && field.type !== "submit");
+  // Files cannot be put back into an input (and are too big for storage): never kept.
+  const kept = (field) => field.name && !["password", "submit", "file"].includes(field.type);
+  return [...form.elements].filter(kept);
 }
 
 /** Keep what the user types in this tab's sessionStorage, and put it back after a reload. */

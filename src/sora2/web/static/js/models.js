@@ -23,6 +23,21 @@ export function normalizeVideo(video) {
     cost: Number(video.cost ?? 0),
     errorMessage: video.errorMessage ?? "",
     createdAt: video.createdAt ?? null,
+    remixOf: video.remixOf ?? null,
+    inputReferenceUrl: video.inputReferenceUrl ?? null,
+  };
+}
+
+/** A catalog model from `GET /api/models` (DESIGN's snake_case shape). */
+export function normalizeModel(model) {
+  return {
+    id: String(model.id ?? ""),
+    name: String(model.name ?? model.id ?? ""),
+    seconds: Array.isArray(model.seconds) ? model.seconds.map(Number) : [],
+    sizes: Array.isArray(model.sizes) ? model.sizes.map(String) : [],
+    creditsPerSecond: Number(model.credits_per_second ?? 0),
+    imageInput: Boolean(model.image_input),
+    remix: Boolean(model.remix),
   };
 }
 
@@ -44,6 +59,7 @@ export function normalizeUser(user) {
     id: String(user.id ?? ""),
     email: user.email ?? "",
     nickname: user.nickname ?? "",
+    role: user.role ?? "user",
     createdAt: user.createdAt ?? null,
   };
 }

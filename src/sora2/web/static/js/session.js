@@ -21,6 +21,7 @@ export async function loadSession() {
     current = null;
   }
   showFor(current !== null);
+  for (const link of document.querySelectorAll("[data-admin-link]")) link.hidden = current?.role !== "admin";
   if (current !== null) refreshBalance();
   return current;
 }

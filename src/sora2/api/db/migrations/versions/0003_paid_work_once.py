@@ -1,7 +1,7 @@
 """paid work exactly once: a start key per job, the upstream-stop outbox, 64-bit balances
 
 Revision ID: 0003
-Revises: 0007
+Revises: 0004
 Create Date: 2026-12-05 09:10:00.000000
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0003"
-down_revision: str | Sequence[str] | None = "0007"
+down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -62,7 +62,32 @@ function card(video) {
   meta.append(badge, ` ${video.seconds} s · ${video.size} · ${dateTime(video.createdAt)}`);
   link.append(frame, title, meta);
   item.append(link);
+  const tags = originTags(video);
+  if (tags) item.append(tags);
   return item;
+}
+
+/** "From an image", "Remix of …" (linking to the source): outside the card's own link. */
+function originTags(video) {
+  if (!video.inputReferenceUrl && !video.remixOf) return null;
+  const tags = document.createElement("p");
+  tags.className = "video-card-tags";
+  if (video.inputReferenceUrl) {
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.dataset.origin = "image";
+    tag.textContent = "From an image";
+    tags.append(tag);
+  }
+  if (video.remixOf) {
+    const tag = document.createElement("a");
+    tag.className = "tag";
+    tag.dataset.origin = "remix";
+    tag.href = `/videos/${encodeURIComponent(video.remixOf)}`;
+    tag.textContent = "Remix: see the source";
+    tags.append(tag);
+  }
+  return tags;
 }
 
 function syncAddress() {

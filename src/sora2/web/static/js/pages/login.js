@@ -12,6 +12,7 @@ const next = safeNext(params.get("next"));
 keepDraft(form);
 if (params.has("signed_out")) showStatus(form, "You are signed out.", "info");
 if (params.has("password_changed")) showStatus(form, "Password changed. Sign in with the new one.", "info");
+if (params.has("password_reset")) showStatus(form, "Your password was reset. Sign in with the new one.", "info");
 
 function checkFilledIn(values) {
   let ok = true;

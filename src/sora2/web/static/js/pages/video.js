@@ -1,11 +1,13 @@
 // One video: live progress over server-sent events (reconnecting, through the proxy), then the
 // player, the download, and the actions its state allows: cancel (refund shown), regenerate,
-// delete.
+// remix (for models that offer it), delete. A remix links to its source; a video made from an
+// image shows it.
 import { api, ApiError, apiUrl, newIdempotencyKey } from "../api.js";
 import { startPage } from "../common.js";
 import { credits, dateTime, statusLabel } from "../format.js";
-import { isFinal, normalizeVideo } from "../models.js";
+import { isFinal, normalizeModel, normalizeVideo } from "../models.js";
 import { refreshBalance } from "../session.js";
+import { renderShare } from "../share-ui.js";
 
 const root = document.querySelector("[data-video-id]");
 const videoId = root.dataset.videoId;
@@ -19,6 +21,7 @@ const EVENT_NAMES = ["progress", "done"];
 
 let video = null;
 let source = null;
+let models = null; // the catalog, for what each model allows (remix)
 let reconnectAttempt = 0;
 let reconnectTimer = 0;
 
@@ -36,6 +39,7 @@ function renderStatus() {
   $("progress-text").textContent = `${Math.round(video.progress)}%`;
   show("cancel", running);
   show("regenerate", isFinal(video.status));
+  show("remix", video.status === "completed" && canRemix(video.model));
   show("delete", isFinal(video.status));
   const failed = video.status === "failed";
   $("video-error").textContent = failed
@@ -43,6 +47,7 @@ function renderStatus() {
     : "";
   show("video-error", failed);
   renderPlayer();
+  renderShare(video);
 }
 
 function render() {
@@ -59,7 +64,20 @@ function render() {
   ]
     .filter(Boolean)
     .join(" · ");
+  renderSources();
   renderStatus();
+}
+
+function canRemix(modelId) {
+  return Boolean(models?.find((model) => model.id === modelId)?.remix);
+}
+
+/** Where this video came from: the video it remixes, the image it started from. */
+function renderSources() {
+  show("remix-source", Boolean(video.remixOf));
+  if (video.remixOf) $("remix-source-link").href = `/videos/${encodeURIComponent(video.remixOf)}`;
+  show("input-reference", Boolean(video.inputReferenceUrl));
+  if (video.inputReferenceUrl) $("input-reference-image").src = apiUrl(`videos/${videoId}/input_reference`);
 }
 
 function renderPlayer() {
@@ -222,6 +240,36 @@ $("regenerate").addEventListener("click", (event) =>
   }),
 );
 
+// A remix is one request per new prompt, however often it is sent from this page.
+let remixAttempt = { prompt: "", key: "" };
+
+function askForRemixPrompt() {
+  const dialog = $("remix-dialog");
+  const field = dialog.querySelector("textarea");
+  field.value = video.prompt;
+  $("remix-text").textContent =
+    `A new ${video.model} video of ${video.seconds} s at ${video.size}, made from this one with your new words, for ${credits(video.cost)}.`;
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener(
+      "close",
+      () => resolve(dialog.returnValue === "remix" ? field.value.trim() : ""),
+      { once: true },
+    );
+  });
+}
+
+$("remix").addEventListener("click", (event) =>
+  runAction(event.currentTarget, async () => {
+    const prompt = await askForRemixPrompt();
+    if (!prompt) return;
+    if (remixAttempt.prompt !== prompt) remixAttempt = { prompt, key: newIdempotencyKey() };
+    const created = normalizeVideo(await api.postOnce(`videos/${videoId}/remix`, { prompt }, remixAttempt.key));
+    window.location.assign(`/videos/${encodeURIComponent(created.id)}`);
+  }),
+);
+
 $("delete").addEventListener("click", (event) =>
   runAction(event.currentTarget, async () => {
     const ok = await confirmAction("Delete this video?", "The video and its files are removed for good.", "Delete");
@@ -236,5 +284,10 @@ window.addEventListener("sora:reconnected", () => {
 });
 
 startPage(async () => {
+  try {
+    models = ((await api.get("models"))?.items ?? []).map(normalizeModel);
+  } catch {
+    models = []; // without the catalog no Remix is offered; the rest of the page works
+  }
   await reload();
 });

@@ -1,0 +1,1 @@
+"""The model catalog as the api shows it: `GET /api/models`."""
