@@ -16,8 +16,7 @@ from sora2.api.deps import ClientIp, Context, CurrentUser, ReadConnection, Sessi
 from sora2.api.errors import ERROR_RESPONSES
 from sora2.api.shares import service
 from sora2.api.shares.schemas import ShareCreated, SharedVideo, ShareState
-from sora2.api.stored_files import stored_file_response
-from sora2.api.videos.routes import FILE_RESPONSES, THUMBNAIL_RESPONSES, completed_file_key
+from sora2.api.videos.routes import FILE_RESPONSES, THUMBNAIL_RESPONSES, completed_file_response
 from sora2.api.videos.service import get_own
 
 owner_router = APIRouter(prefix="/api/videos", tags=["sharing"], responses=ERROR_RESPONSES)
@@ -98,13 +97,8 @@ async def shared_content(
     """The MP4, with `Range` (206; 416 outside the file)."""
     await _limit(context, ip)
     video = await service.resolve(connection, token)
-    return await stored_file_response(
-        request,
-        context.storage,
-        completed_file_key(video, "video_key", "video"),
-        what="video",
-        media_type="video/mp4",
-        cache_control=SHARED_CACHE["Cache-Control"],
+    return await completed_file_response(
+        request, context.storage, video, "video", cache_control=SHARED_CACHE["Cache-Control"]
     )
 
 
@@ -116,11 +110,6 @@ async def shared_thumbnail(
 ) -> StreamingResponse:
     await _limit(context, ip)
     video = await service.resolve(connection, token)
-    return await stored_file_response(
-        request,
-        context.storage,
-        completed_file_key(video, "thumbnail_key", "thumbnail"),
-        what="thumbnail",
-        media_type="image/jpeg",
-        cache_control=SHARED_CACHE["Cache-Control"],
+    return await completed_file_response(
+        request, context.storage, video, "thumbnail", cache_control=SHARED_CACHE["Cache-Control"]
     )

@@ -28,6 +28,7 @@ from sora2.api.deps import (
 from sora2.api.errors import ERROR_RESPONSES, ApiError
 from sora2.api.idempotency.service import IdempotencyKeyHeader, IdempotentRequest
 from sora2.api.schemas import PageNumber, PageSize
+from sora2.api.storage import Storage
 from sora2.api.stored_files import stored_file_response
 from sora2.api.videos import images, service
 from sora2.api.videos.models import Video
@@ -428,16 +429,42 @@ async def video_events(
     )
 
 
-def completed_file_key(video: dict[str, Any], key: str, what: str) -> str:
-    status, stored = video["status"], video[key]
-    if status != "completed" or stored is None:
+# A finished video's two files: the row's column naming each, and what it is served as.
+_COMPLETED_FILES: dict[str, tuple[str, str]] = {
+    "video": ("video_key", "video/mp4"),
+    "thumbnail": ("thumbnail_key", "image/jpeg"),
+}
+
+
+async def completed_file_response(
+    request: Request,
+    storage: Storage,
+    video: dict[str, Any],
+    what: str,
+    *,
+    cache_control: str,
+    download_name: str | None = None,
+) -> StreamingResponse:
+    """A completed video's MP4 or thumbnail from the store (ranges included); 409 before then.
+    The owner's routes and the share links both serve files this way."""
+    column, media_type = _COMPLETED_FILES[what]
+    status, key = video["status"], video[column]
+    if status != "completed" or key is None:
         raise ApiError(
             409,
             "Conflict",
             f"This video is {status}: its {what} exists once it has completed.",
             details={"status": status},
         )
-    return str(stored)
+    return await stored_file_response(
+        request,
+        storage,
+        str(key),
+        what=what,
+        media_type=media_type,
+        cache_control=cache_control,
+        download_name=download_name,
+    )
 
 
 FILE_RESPONSES: dict[int | str, dict[str, Any]] = STATE_RESPONSES | {
@@ -458,12 +485,11 @@ async def video_content(
 ) -> StreamingResponse:
     """The MP4; `Range` requests get 206 (416 outside the file); `?download=1` saves as a file."""
     video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
-    return await stored_file_response(
+    return await completed_file_response(
         request,
         context.storage,
-        completed_file_key(video, "video_key", "video"),
-        what="video",
-        media_type="video/mp4",
+        video,
+        "video",
         cache_control="private, max-age=3600",
         download_name=f"sora2-{video_id}.mp4" if download else None,
     )
@@ -515,11 +541,6 @@ async def video_thumbnail(
     request: Request, video_id: str, caller: CallerDep, context: Context, connection: ReadConnection
 ) -> StreamingResponse:
     video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
-    return await stored_file_response(
-        request,
-        context.storage,
-        completed_file_key(video, "thumbnail_key", "thumbnail"),
-        what="thumbnail",
-        media_type="image/jpeg",
-        cache_control="private, max-age=3600",
+    return await completed_file_response(
+        request, context.storage, video, "thumbnail", cache_control="private, max-age=3600"
     )
