@@ -342,15 +342,7 @@ class Proxy:
         # The deadline runs from here: a body in hand has been read; a streamed one moves it on
         # as it goes (see _watch_streamed_body), so a long, steady upload is not cut off by it.
         exchange.deadline = self.loop.time() + config.timeouts.request
-        headers = upstream_request_headers(
-            request.headers,
-            peer=request.remote,
-            scheme=request.scheme,
-            host=request.host,
-            request_id=exchange.request_id,
-            trusted=self.config.trusted_proxies,
-            via=self.config.via,
-        )
+        headers = self._upstream_headers(request, exchange)
         if declared is not None and isinstance(exchange.body, StreamedBody):
             headers["Content-Length"] = str(declared)  # framed as the client framed it
         try:
@@ -364,6 +356,18 @@ class Proxy:
             if exchange.holds_slot:
                 self.slots.give_back()
 
+    def _upstream_headers(self, request: web.Request, exchange: _Exchange) -> CIMultiDict[str]:
+        """The client's headers as the api should see them (forwarding, request id, `Via`)."""
+        return upstream_request_headers(
+            request.headers,
+            peer=request.remote,
+            scheme=request.scheme,
+            host=request.host,
+            request_id=exchange.request_id,
+            trusted=self.config.trusted_proxies,
+            via=self.config.via,
+        )
+
     # -- WebSocket upgrades --------------------------------------------------------------
 
     async def _tunnel(
@@ -376,15 +380,7 @@ class Proxy:
             raise ProxyError(Failure.FORBIDDEN_ORIGIN)
         exchange.deadline = self.loop.time() + self.config.timeouts.request
         self._fail_fast_if_down(exchange)
-        headers = upstream_request_headers(
-            request.headers,
-            peer=request.remote,
-            scheme=request.scheme,
-            host=request.host,
-            request_id=exchange.request_id,
-            trusted=self.config.trusted_proxies,
-            via=self.config.via,
-        )
+        headers = self._upstream_headers(request, exchange)
         try:
             reader, writer, head = await self._handshake(url, headers, exchange)
         except (ProxyError, asyncio.CancelledError):
