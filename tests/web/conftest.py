@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,12 +211,14 @@ def context(browser: Browser, stack: Stack) -> Iterator[BrowserContext]:
     created.close()
 
 
-@pytest.fixture
-def page(context: BrowserContext) -> Iterator[Page]:
+@contextmanager
+def watched_page(context: BrowserContext) -> Iterator[Page]:
+    """A new page that fails the test if it throws or its Content Security Policy blocks
+    anything: the policy must never have to block anything of ours (that would be a broken
+    feature)."""
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
-    # The policy must never have to block anything of ours: that would be a broken feature.
     opened.on(
         "console",
         lambda message: (
@@ -224,6 +227,12 @@ def page(context: BrowserContext) -> Iterator[Page]:
     )
     yield opened
     assert errors == [], f"the page threw or broke its CSP: {errors}"
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Iterator[Page]:
+    with watched_page(context) as opened:
+        yield opened
 
 
 def screenshot(page: Page, name: str) -> None:

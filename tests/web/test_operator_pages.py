@@ -21,6 +21,7 @@ from tests.web.conftest import (
     screenshot,
     start_stack,
     unique_email,
+    watched_page,
 )
 
 pytestmark = pytest.mark.browser
@@ -62,17 +63,8 @@ def site(browser: Browser, operator_stack: Stack) -> Iterator[BrowserContext]:
 
 @pytest.fixture
 def tab(site: BrowserContext) -> Iterator[Page]:
-    opened = site.new_page()
-    errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    opened.on(
-        "console",
-        lambda message: (
-            errors.append(message.text) if "Content Security Policy" in message.text else None
-        ),
-    )
-    yield opened
-    assert errors == [], f"the page threw or broke its CSP: {errors}"
+    with watched_page(site) as opened:
+        yield opened
 
 
 def sora2_command(stack: Stack, *args: str) -> str:
