@@ -170,6 +170,10 @@ async def test_retry_budget_caps_retries_during_an_outage(
         retry_budget_ratio=0.1,
         retry_budget_min=2,
         circuit_failure_threshold=10_000,
+        # 40 connections at once share this test's event loop with the backend: on a busy
+        # machine the default 0.5 s connect timeout can fire, and a 504 is not what this tests.
+        connect_timeout=5.0,
+        idle_timeout=5.0,
     )
 
     async def one() -> int:

@@ -120,8 +120,11 @@ class Worker:
                 task.add_done_callback(self._jobs.discard)
                 task.add_done_callback(lambda _task: slots.release())
         finally:
+            # Awaited, not only cancelled: a heartbeat or drain left mid-transaction would keep
+            # SQLite's write lock (and a PostgreSQL connection) after the worker says it stopped.
             beat.cancel()
             drain.cancel()
+            await asyncio.gather(beat, drain, return_exceptions=True)
             await self._stop_jobs()
             with contextlib.suppress(Exception):
                 await self.queue.forget_worker()
