@@ -222,3 +222,28 @@ async def test_the_proxy_names_no_versions_in_server(
         assert b"\r\nServer: sora2\r\n" in head_of(answer)
         assert b"aiohttp" not in answer
         assert b"Python" not in answer
+
+
+async def test_request_header_bytes_that_are_not_utf8_reach_the_backend_unchanged(
+    raw_backend: RawBackend, make_proxy: MakeProxy
+) -> None:
+    proxy = await make_proxy(raw_backend.url)
+    odd = b"X-Name: caf\xe9 \xff\xfe"
+    answer = await exchange(proxy, get("/latin1-get", odd))
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\n" + odd + b"\r\n" in raw_backend.received["/api/latin1-get"][0]
+
+    small = b"POST /api/proxy/latin1-post HTTP/1.1\r\nHost: app\r\nConnection: close\r\n"
+    answer = await exchange(proxy, small + odd + b"\r\nContent-Length: 5\r\n\r\nhello")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    head, body = raw_backend.received["/api/latin1-post"]
+    assert b"\r\n" + odd + b"\r\n" in head
+    assert body == b"hello"
+
+    streamed = b"POST /api/proxy/latin1-chunked HTTP/1.1\r\nHost: app\r\nConnection: close\r\n"
+    chunked = b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    answer = await exchange(proxy, streamed + odd + chunked)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    head, body = raw_backend.received["/api/latin1-chunked"]
+    assert b"\r\n" + odd + b"\r\n" in head
+    assert body.endswith(b"hello\r\n0\r\n\r\n")

@@ -46,7 +46,7 @@ from sora2.proxy._metrics import ProxyMetrics
 from sora2.proxy._paths import UnsafePath, checked_upstream_path
 from sora2.proxy._pool import ConnectionSlots
 from sora2.proxy._redact import redact_query
-from sora2.proxy._relay import RelayedBody, RelayedStream
+from sora2.proxy._relay import ExactRequest, RelayedBody, RelayedStream
 from sora2.proxy._retry import (
     RETRYABLE_STATUSES,
     RetryBudget,
@@ -75,7 +75,7 @@ _NO_AUTO_HEADERS: CIMultiDict[None] = CIMultiDict(
 )
 
 
-class _ForwardingRequest(aiohttp.ClientRequest):
+class _ForwardingRequest(ExactRequest):
     def update_auto_headers(self, skip_auto_headers: object) -> None:
         self._skip_auto_headers = _NO_AUTO_HEADERS
 

@@ -1,21 +1,29 @@
-"""Responses that carry the backend's headers exactly as they came.
+"""Requests and responses that carry their headers exactly as they came.
 
 aiohttp's server adds `Content-Type: application/octet-stream` to any body without one and
-writes header values as UTF-8, dropping bytes that are not (aiohttp's client hands them over as
+writes header values as UTF-8, dropping bytes that are not (aiohttp's parsers hand them over as
 surrogate escapes). A proxy must add nothing and lose nothing, so the two response classes here
 remove an invented `Content-Type` and, when a header carries such bytes, write the head
 themselves with the bytes restored. Both hook `_write_headers`, the one step between aiohttp
-settling the headers and sending them.
+settling the headers and sending them. `ExactRequest` does the same for the request head that
+goes to the backend (aiohttp's client drops such bytes too: `caf\xe9` arrived as `caf`).
+All of them rely on aiohttp buffering the head in its `StreamWriter` (`_headers_buf`) until the
+first body write, as aiohttp 3.12 and later do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from typing import cast
 
+import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.connector import Connection
 from aiohttp.http_writer import StreamWriter
+from aiohttp.payload import BytesPayload
 from multidict import CIMultiDict
 
 # What aiohttp's own serializer refuses too (header injection): RFC 9110 §5.5.
@@ -33,13 +41,49 @@ def has_raw_bytes(value: str) -> bool:
     return False
 
 
+def any_raw_bytes(headers: CIMultiDict[str]) -> bool:
+    """Whether any header value holds bytes that were not UTF-8."""
+    return any(not value.isascii() and has_raw_bytes(value) for value in headers.values())
+
+
 def _raw_head(status_line: str, headers: CIMultiDict[str]) -> bytes:
     lines = [status_line]
     for name, value in headers.items():
         if _FORBIDDEN.search(name) or _FORBIDDEN.search(value):
-            raise ValueError("control character in a response header")
+            raise ValueError("control character in a header")
         lines.append(f"{name}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
+class ExactRequest(aiohttp.ClientRequest):
+    """A client request whose head reaches the backend byte for byte, non-UTF-8 bytes included.
+
+    aiohttp serializes the head into the writer's buffer in `send()` and writes it out with the
+    first body bytes (`write_bytes`), or at once when there is no body. When a header holds such
+    bytes, a request without a body is given an empty one so that the head always waits for
+    `write_bytes`, which replaces the buffered head with one encoded as the bytes came in.
+    Requests whose headers are all UTF-8 (nearly all) take aiohttp's path untouched.
+    """
+
+    _exact_head = False
+
+    async def send(self, conn: Connection) -> aiohttp.ClientResponse:
+        if any_raw_bytes(self.headers):
+            self._exact_head = True
+            if self._body is None:
+                self._body = BytesPayload(b"")
+        return await super().send(conn)
+
+    async def write_bytes(
+        self, writer: AbstractStreamWriter, conn: Connection, content_length: int | None = None
+    ) -> None:
+        if self._exact_head and isinstance(writer, StreamWriter) and writer._headers_buf:
+            status_line = writer._headers_buf.partition(b"\r\n")[0].decode("ascii")
+            # A control character is refused by the server's parser before it gets here; should
+            # one come, aiohttp's own (lossy) head goes out rather than a broken one.
+            with contextlib.suppress(ValueError):
+                writer._headers_buf = _raw_head(status_line, self.headers)
+        await super().write_bytes(writer, conn, content_length)
 
 
 async def _write_headers_exactly(
