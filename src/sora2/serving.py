@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import multiprocessing
 import os
@@ -28,6 +29,19 @@ from multiprocessing.process import BaseProcess
 START_FAILURE_SECONDS = 5.0
 STOP_GRACE_SECONDS = 15.0
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Connections the kernel completes and queues for a server before it takes them (`listen()`'s
+# backlog). Thousands of pages open their event streams at once (after a deploy or a restart,
+# every viewer reconnects within a second); with a full queue the kernel drops the SYNs and the
+# client waits a second or more before trying again. At 2,048, 5,000 simultaneous viewers held
+# only ~3,000 connections. The kernel caps it at net.core.somaxconn (4,096 on most systems
+# today; docs/deployment.md says how to raise it).
+LISTEN_BACKLOG = 8192
+# The garbage collector's youngest generation is collected after this many allocations (Python's
+# default: 700). Each live viewer is a few hundred objects (a request, its response, tasks,
+# futures, buffers); with thousands of them the default collects young objects many times per
+# second, each time walking whatever survived. A larger first threshold does the same work in
+# fewer, still short pauses (bench/gc_bench.py measures them).
+GC_THRESHOLDS = (10_000, 10, 10)
 
 ServeOne = Callable[[socket.socket | None, int], None]
 """Runs one copy: given its socket (None: bind as usual) and its number (0 when alone)."""
@@ -46,12 +60,26 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(2048)
+        sock.listen(LISTEN_BACKLOG)
         sock.set_inheritable(True)
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def tune_garbage_collector() -> None:
+    """Called first thing in a serving process: see `GC_THRESHOLDS`."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def freeze_startup_objects() -> None:
+    """Called once a server has started: everything alive by then (modules, the app, its
+    settings, pools) lives as long as the process, so it is moved out of the collector's sight
+    (`gc.freeze`). Full collections then walk only what requests created, which with thousands of
+    viewers shortens the rare long pause of a full collection."""
+    gc.collect()
+    gc.freeze()
 
 
 def _die_with_parent() -> None:

@@ -12,7 +12,12 @@ import uvicorn
 from sora2.api.app import create_app
 from sora2.api.live import LiveProgress
 from sora2.logs import configure_logging
-from sora2.serving import run_copies
+from sora2.serving import (
+    LISTEN_BACKLOG,
+    freeze_startup_objects,
+    run_copies,
+    tune_garbage_collector,
+)
 from sora2.settings import Settings
 
 # Longer than the proxy's pooled keep-alive (4 s) so the api never closes a connection the proxy
@@ -76,13 +81,14 @@ class _Server(uvicorn.Server):
         self.live.close()
         await super().shutdown(sockets)
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        freeze_startup_objects()
 
-def _serve_process(settings: Settings, sock: socket.socket | None, *, log_name: str) -> None:
-    configure_logging(log_name, level=settings.log_level, log_dir=settings.log_dir)
-    signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
+
+def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,
@@ -91,6 +97,15 @@ def _serve_process(settings: Settings, sock: socket.socket | None, *, log_name: 
         timeout_graceful_shutdown=10,
         loop="uvloop",
         http="httptools",
+        # A burst of viewers opening their streams at once must not overflow the accept queue.
+        backlog=LISTEN_BACKLOG,
     )
-    server = _Server(config, app.state.context.live)
+
+
+def _serve_process(settings: Settings, sock: socket.socket | None, *, log_name: str) -> None:
+    configure_logging(log_name, level=settings.log_level, log_dir=settings.log_dir)
+    signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
+    tune_garbage_collector()
+    app = create_app(settings)
+    server = _Server(uvicorn_config(settings, app), app.state.context.live)
     server.run(sockets=[sock] if sock is not None else None)

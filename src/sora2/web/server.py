@@ -11,7 +11,12 @@ import uvloop
 from aiohttp import web
 
 from sora2.logs import configure_logging
-from sora2.serving import run_copies
+from sora2.serving import (
+    LISTEN_BACKLOG,
+    freeze_startup_objects,
+    run_copies,
+    tune_garbage_collector,
+)
 from sora2.settings import Settings
 from sora2.web.app import create_app
 
@@ -51,6 +56,7 @@ def serve(settings: Settings, *, workers: int = 1) -> int:
 
 def _serve_process(settings: Settings, sock: socket.socket | None, *, log_name: str) -> None:
     configure_logging(log_name, level=settings.log_level, log_dir=settings.log_dir)
+    tune_garbage_collector()
     raise_open_file_limit(settings.web_open_files_needed)
     logger.info(
         "web listening on http://%s:%d, proxying /api/proxy to %s (%s)",
@@ -60,8 +66,10 @@ def _serve_process(settings: Settings, sock: socket.socket | None, *, log_name: 
         settings.app_env,
     )
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    app = create_app(settings)
+    app.on_startup.append(_freeze_startup_objects)  # last: after the proxy's own start-up
     web.run_app(
-        create_app(settings),
+        app,
         # Given a socket, aiohttp would bind host:port besides: one or the other.
         **(
             {"sock": sock}
@@ -73,6 +81,10 @@ def _serve_process(settings: Settings, sock: socket.socket | None, *, log_name: 
         handler_cancellation=True,
         shutdown_timeout=10,
         # Thousands of viewers reconnect at once after a restart: do not drop their SYNs.
-        backlog=4096,
+        backlog=LISTEN_BACKLOG,
         print=None,
     )
+
+
+async def _freeze_startup_objects(_app: web.Application) -> None:
+    freeze_startup_objects()
