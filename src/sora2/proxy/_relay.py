@@ -42,8 +42,12 @@ def has_raw_bytes(value: str) -> bool:
 
 
 def any_raw_bytes(headers: CIMultiDict[str]) -> bool:
-    """Whether any header value holds bytes that were not UTF-8."""
-    return any(not value.isascii() and has_raw_bytes(value) for value in headers.values())
+    """Whether any header value holds bytes that were not UTF-8 (all-ASCII heads, nearly all,
+    are told apart in a fraction of a microsecond)."""
+    values = headers.values()
+    if all(map(str.isascii, values)):
+        return False
+    return any(has_raw_bytes(value) for value in values)
 
 
 def _raw_head(status_line: str, headers: CIMultiDict[str]) -> bytes:
