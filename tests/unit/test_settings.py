@@ -106,3 +106,11 @@ def test_development_secret_is_generated_once_and_kept(tmp_path: Path) -> None:
     first = settings.resolved_jwt_secret()
     assert len(first) >= 32
     assert load_settings(data_dir=tmp_path / "data").resolved_jwt_secret() == first
+
+
+def test_api_urls_lists_every_api_and_defaults_to_api_url() -> None:
+    several = load_settings(api_urls_list=" http://10.0.0.1:3101/ , http://10.0.0.2:3101")
+    assert several.api_urls == ["http://10.0.0.1:3101", "http://10.0.0.2:3101"]
+    assert load_settings(api_url="http://10.0.0.9:3101").api_urls == ["http://10.0.0.9:3101"]
+    with pytest.raises(SettingsError, match="API_URLS"):
+        load_settings(api_urls_list="http://10.0.0.1:3101,10.0.0.2")

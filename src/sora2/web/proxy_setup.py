@@ -23,8 +23,10 @@ from sora2.settings import Settings
 
 def proxy_config(settings: Settings) -> ProxyConfig:
     connect = settings.proxy_connect_timeout_ms / 1000
+    urls = settings.api_urls
     return ProxyConfig(
-        api_url=settings.api_url,
+        api_url=urls[0],
+        api_urls=tuple(urls) if len(urls) > 1 else (),
         allowed_origins=frozenset({settings.frontend_origin}),
         trusted_proxies=tuple(
             ipaddress.ip_network(item, strict=False) for item in settings.proxy_trusted_proxies
