@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     proxy_retry_budget_ratio: float = Field(
         0.2, ge=0.0, le=1.0, validation_alias=_aliases("PROXY_RETRY_BUDGET_RATIO")
     )
+    # With several apis (API_URLS): which one a request goes to.
+    proxy_balance: Literal["least_outstanding", "round_robin"] = Field(
+        "least_outstanding", validation_alias=_aliases("PROXY_BALANCE")
+    )
     proxy_pool_size: int = Field(
         8_192, ge=1, le=1_000_000, validation_alias=_aliases("PROXY_POOL_SIZE")
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sora2.proxy import (
+    BalancePolicy,
     BreakerPolicy,
     Failure,
     HealthPolicy,
@@ -37,6 +38,7 @@ def proxy_config(settings: Settings) -> ProxyConfig:
             idle=settings.proxy_idle_timeout_ms / 1000,
         ),
         pool=PoolLimits(size=settings.proxy_pool_size),
+        balance=BalancePolicy(strategy=settings.proxy_balance),
         breaker=BreakerPolicy(
             failure_threshold=settings.proxy_circuit_failure_threshold,
             open_time=settings.proxy_circuit_open_ms / 1000,
