@@ -258,3 +258,21 @@ async def test_metrics_are_kept_per_backend(
     assert f'sora2_proxy_backend_ejections_total{{backend="{second}"}}' in text
     assert f'sora2_proxy_backend_circuit_state{{backend="{first}"}} 0.0' in text
     assert "sora2_proxy_failovers_total 1.0" in text
+
+
+async def test_a_slow_get_is_not_cut_short_when_no_other_backend_could_take_it(
+    apis: list[Api], make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await proxy_over(
+        make_proxy,
+        apis,
+        request_timeout=1.0,
+        balance=BalancePolicy(strategy="round_robin", try_timeout=0.2),
+    )
+    await apis[1].relay.stop()
+    await eventually(lambda: proxy.proxy.backends[1].health.verdict is Health.DOWN)
+    started = asyncio.get_running_loop().time()
+    async with client.get(proxy.url + "/stall") as response:
+        assert response.status == 504
+    # The whole deadline was given to the one backend that could answer, not the try timeout.
+    assert asyncio.get_running_loop().time() - started >= 0.9

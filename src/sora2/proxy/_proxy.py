@@ -849,7 +849,12 @@ class Proxy:
         streamed = isinstance(body, StreamedBody)
         data = body.chunks() if isinstance(body, StreamedBody) else body
         try:
-            if self._try_timeout is None or not exchange.idempotent or streamed:
+            if (
+                self._try_timeout is None
+                or not exchange.idempotent
+                or streamed
+                or not self._untried_remain(exchange)
+            ):
                 response = await self._session.request(
                     exchange.method, url, headers=headers, data=data, allow_redirects=False
                 )
@@ -917,6 +922,19 @@ class Proxy:
         exchange.tried.append((backend, outcome))
         backend.note_outcome(
             failed=failed, now=self.loop.time(), may_eject=self._balancer.in_rotation() > 1
+        )
+
+    def _untried_remain(self, exchange: _Exchange) -> bool:
+        """Whether a backend this request has not tried looks able to take it (so that a hung
+        attempt is worth cutting short: the request could go there)."""
+        tried = {backend for backend, _ in exchange.tried or ()}
+        tried.add(exchange.backend)  # type: ignore[arg-type]
+        return any(
+            backend not in tried
+            and not backend.ejected
+            and backend.health.verdict is not Health.DOWN
+            and backend.circuit.state is not CircuitState.OPEN
+            for backend in self.backends
         )
 
     @staticmethod
