@@ -162,6 +162,18 @@ async def test_a_refused_post_goes_to_the_other_backend(
     assert apis[1].state.count("charge") == 2
 
 
+async def test_a_post_with_an_idempotency_key_moves_to_the_other_backend_after_a_reset(
+    apis: list[Api], make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await proxy_over(make_proxy, apis, keepalive_timeout=0)
+    apis[0].relay.faults.append(Fault.RESET_BEFORE_REQUEST)  # the first request goes there
+    headers = {"Idempotency-Key": "create-7"}
+    async with client.post(proxy.url + "/count/keyed", json={}, headers=headers) as response:
+        assert response.status == 200
+    assert [api.state.count("keyed") for api in apis] == [0, 1]
+    assert proxy.proxy.metrics.failovers == 1
+
+
 async def test_an_ejected_backend_returns_once_its_health_check_passes(
     apis: list[Api], make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
@@ -267,6 +279,7 @@ async def test_a_slow_get_is_not_cut_short_when_no_other_backend_could_take_it(
         make_proxy,
         apis,
         request_timeout=1.0,
+        health_ttl=0.4,
         balance=BalancePolicy(strategy="round_robin", try_timeout=0.2),
     )
     await apis[1].relay.stop()
