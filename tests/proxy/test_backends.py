@@ -135,6 +135,30 @@ async def test_a_hung_backend_is_ejected_and_gets_still_succeed(
     assert apis[0].state.count("read") == 10
 
 
+async def test_gets_waiting_on_a_backend_move_at_once_when_it_is_ejected(
+    apis: list[Api], make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await proxy_over(
+        make_proxy,
+        apis,
+        request_timeout=20.0,
+        idle_timeout=20.0,
+        health_ttl=0.4,
+        balance=BalancePolicy(strategy="round_robin", try_timeout=10.0),
+    )
+    apis[1].relay.default = Fault.STALL  # hung for requests...
+    apis[1].state.health_status = 503  # ...and its health check says so
+    started = asyncio.get_running_loop().time()
+    statuses = await asyncio.gather(
+        *(get_status(client, proxy.url + f"/count/read{n}") for n in range(6))
+    )
+    assert statuses == [200] * 6
+    assert proxy.proxy.backends[1].ejected
+    assert proxy.proxy.backends[1].attempts["timeout"] == 3  # the three sent there
+    # Not the 10 s try timeout: the ejection (two failed health checks) ended their wait.
+    assert asyncio.get_running_loop().time() - started < 5.0
+
+
 async def test_a_post_whose_first_attempt_was_sent_is_not_replayed_elsewhere(
     apis: list[Api], make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:

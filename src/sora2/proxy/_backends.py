@@ -7,6 +7,7 @@ With one backend this is bookkeeping only: it is always the one chosen and never
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Collection
 
@@ -52,6 +53,9 @@ class Backend:
         self.ejections_in_row = 0
         self.ejections = 0
         self.attempts = dict.fromkeys(OUTCOMES, 0)
+        self.waiting: set[asyncio.Timeout] = set()
+        """The try timeouts of attempts waiting for its response headers that could go to
+        another backend: ejecting it ends them at once, and they move."""
 
     @property
     def health(self) -> HealthMonitor:
@@ -99,6 +103,8 @@ class Backend:
         self.ejected_until = now + time
         logger.warning("backend %s ejected for %.1fs at least: %s", self.url, time, why)
         self.check_soon()  # a fresh check decides when it returns
+        for waiting in self.waiting:
+            waiting.reschedule(now)  # requests stuck on it move to another backend now
 
     def try_return(self, now: float) -> bool:
         """Whether an ejected backend is back: its ejection time is over and a health check

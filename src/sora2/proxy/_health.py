@@ -157,7 +157,11 @@ class HealthMonitor:
                     self._on_down()
 
     def _interval(self) -> float:
-        return self._ttl / 2 if self._verdict is Health.UP else FAST_INTERVAL
+        # A failed check while up is confirmed (or not) soon, not a whole interval later: a
+        # hung backend is known down within about two check timeouts.
+        if self._verdict is Health.UP and not self._failed_checks:
+            return self._ttl / 2
+        return FAST_INTERVAL
 
     async def _run(self) -> None:
         while True:

@@ -859,10 +859,15 @@ class Proxy:
                     exchange.method, url, headers=headers, data=data, allow_redirects=False
                 )
             else:
-                async with asyncio.timeout(self._try_timeout):
-                    response = await self._session.request(
-                        exchange.method, url, headers=headers, data=data, allow_redirects=False
-                    )
+                waiting = exchange.backend.waiting
+                async with asyncio.timeout(self._try_timeout) as cut:
+                    waiting.add(cut)
+                    try:
+                        response = await self._session.request(
+                            exchange.method, url, headers=headers, data=data, allow_redirects=False
+                        )
+                    finally:
+                        waiting.discard(cut)
         except aiohttp.ConnectionTimeoutError as error:
             self._note_failure(exchange, "connect_error")
             raise ProxyError(
