@@ -12,7 +12,8 @@ import logging
 from collections.abc import Callable, Collection
 
 from sora2.proxy._circuit import CircuitBreaker, CircuitState
-from sora2.proxy._config import BalancePolicy, BreakerPolicy
+from sora2.proxy._config import BalancePolicy, BreakerPolicy, ProxyConfig
+from sora2.proxy._errors import Failure, ProxyError
 from sora2.proxy._health import Health, HealthMonitor
 
 logger = logging.getLogger("sora2.proxy.backends")
@@ -123,7 +124,113 @@ class Backend:
         return False
 
 
-class Balancer:
+Tried = list[tuple[Backend, str]]
+"""Backends a request tried or passed over, each with what happened there (`ECONNREFUSED`,
+`503`, `HEALTH_CHECK_FAILED`...)."""
+
+
+class Backends:
+    """Every backend of one proxy, and the choice of one for a request."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        on_circuit_change: Callable[[Backend, CircuitState], None],
+        restart_window: Callable[[], float],
+    ) -> None:
+        self.all = [
+            Backend(
+                url,
+                index=index,
+                upstream_prefix=config.upstream_prefix,
+                breaker=config.breaker,
+                balance=config.balance,
+                on_circuit_change=on_circuit_change,
+            )
+            for index, url in enumerate(config.backend_urls)
+        ]
+        self.several = len(self.all) > 1
+        self._order = _Balancer(self.all, config.balance).order
+        self._restart_window = restart_window
+        self._expose_internals = config.expose_internals
+
+    def in_rotation(self) -> int:
+        return sum(1 for backend in self.all if not backend.ejected)
+
+    def may_eject(self) -> bool:
+        """Ejection never takes the last backend out of rotation (nor the only one)."""
+        return self.several and self.in_rotation() > 1
+
+    def refusal(self, backend: Backend, *, strict: bool, now: float) -> ProxyError | None:
+        """Why `backend` may not take a request now, or None (in half-open, it then has this
+        request as its probe). `strict`: a backend down since it started counts as down too
+        (with several backends, the others are tried first)."""
+        health = backend.health
+        if (
+            health.verdict is Health.DOWN
+            and (strict or health.ever_up)
+            and self._restart_window() <= 0
+        ):
+            return ProxyError(
+                Failure.UNAVAILABLE, "HEALTH_CHECK_FAILED", health.last_error, retry_after=1
+            )
+        if backend.ejected and not backend.try_return(now):
+            wait = backend.ejected_until - now
+            return ProxyError(Failure.UNAVAILABLE, "EJECTED", retry_after=max(wait, 1.0))
+        circuit = backend.circuit
+        if circuit.state is CircuitState.CLOSED or circuit.allow():
+            return None
+        return ProxyError(Failure.UNAVAILABLE, "CIRCUIT_OPEN", retry_after=circuit.retry_after())
+
+    def pick(
+        self, *, exclude: Collection[Backend], passed_over: Tried, now: float
+    ) -> Backend | None:
+        """The best backend not in `exclude` that may take a request: one known up first,
+        else one still starting; None when none may. Those refused go into `passed_over`."""
+        for strict in (True, False):
+            for backend in self._order(exclude):
+                refusal = self.refusal(backend, strict=strict, now=now)
+                if refusal is None:
+                    return backend
+                if strict:
+                    passed_over.append((backend, refusal.error_code))
+        return None
+
+    def another_could_take(self, tried: Tried, current: Backend) -> bool:
+        """Whether a backend other than those tried looks able to take the request (so that a
+        hung attempt is worth cutting short: the request could go there)."""
+        seen = {backend for backend, _ in tried}
+        seen.add(current)
+        return any(
+            backend not in seen
+            and not backend.ejected
+            and backend.health.verdict is not Health.DOWN
+            and backend.circuit.state is not CircuitState.OPEN
+            for backend in self.all
+        )
+
+    @staticmethod
+    def none_available(passed_over: Tried) -> ProxyError:
+        waits = [backend.circuit.retry_after() for backend, _ in passed_over]
+        return ProxyError(
+            Failure.UNAVAILABLE,
+            "NO_BACKEND_AVAILABLE",
+            "every backend is down, ejected or has its circuit open",
+            retry_after=max(1.0, min(waits, default=1.0)),
+        )
+
+    def details(self, tried: Tried) -> list[dict[str, str]]:
+        """`details.backends` of an error: each backend tried or passed over, named by its
+        address where internals may be shown, else by its place in the list (api1, api2...)."""
+        expose = self._expose_internals
+        return [
+            {"backend": backend.url if expose else backend.name, "outcome": outcome}
+            for backend, outcome in tried
+        ]
+
+
+class _Balancer:
     """Orders the backends for a request: least requests in flight first (round-robin among
     equals), or each in turn."""
 
@@ -143,6 +250,3 @@ class Balancer:
         if self._least_outstanding:
             rotated.sort(key=lambda backend: backend.outstanding)  # stable: ties keep the turn
         return rotated
-
-    def in_rotation(self) -> int:
-        return sum(1 for backend in self.backends if not backend.ejected)

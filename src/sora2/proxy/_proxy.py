@@ -13,7 +13,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -21,7 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from sora2.proxy._backends import Backend, Balancer
+from sora2.proxy._backends import Backend, Backends, Tried
 from sora2.proxy._circuit import CircuitBreaker, CircuitState
 from sora2.proxy._config import ProxyConfig
 from sora2.proxy._cors import CorsDecision, CorsPolicy
@@ -45,7 +45,7 @@ from sora2.proxy._headers import (
     request_id_from,
     upstream_request_headers,
 )
-from sora2.proxy._health import Health, HealthMonitor
+from sora2.proxy._health import HealthMonitor
 from sora2.proxy._metrics import ProxyMetrics
 from sora2.proxy._paths import UnsafePath, checked_upstream_path
 from sora2.proxy._pool import ConnectionSlots
@@ -115,7 +115,7 @@ class _Exchange:
     """The failure a request is holding on to while it waits for a starting backend."""
     backend: Backend | None = None
     """The backend it is using now (chosen once the request has passed the proxy's checks)."""
-    tried: list[tuple[Backend, str]] | None = None
+    tried: Tried | None = None
     """With several backends: each one tried or passed over, and what happened there."""
 
     @property
@@ -145,20 +145,12 @@ class Proxy:
             allowed_headers=config.cors_allowed_headers,
             trusted_proxies=config.trusted_proxies,
         )
-        self.backends = [
-            Backend(
-                url,
-                index=index,
-                upstream_prefix=config.upstream_prefix,
-                breaker=config.breaker,
-                balance=config.balance,
-                on_circuit_change=self._circuit_changed,
-            )
-            for index, url in enumerate(config.backend_urls)
-        ]
-        self._balancer = Balancer(self.backends, config.balance)
+        self._pool = Backends(
+            config, on_circuit_change=self._circuit_changed, restart_window=self._restart_window
+        )
+        self.backends = self._pool.all
         self.metrics.watch(self.backends)
-        self._several = len(self.backends) > 1
+        self._several = self._pool.several
         # With several backends, a request that may go again elsewhere waits this long for
         # one backend's response headers (see BalancePolicy.try_timeout).
         self._try_timeout = (
@@ -275,7 +267,7 @@ class Proxy:
         """Ejects `backend` (when others are in rotation) for `why`."""
 
         def eject() -> None:
-            if self._several and self._loop is not None and self._balancer.in_rotation() > 1:
+            if self._loop is not None and self._pool.may_eject():
                 backend.eject(self._loop.time(), why)
 
         return eject
@@ -340,7 +332,7 @@ class Proxy:
     def _error(self, error: ProxyError, exchange: _Exchange) -> web.Response:
         backend = exchange.backend
         if exchange.tried:
-            error.extra["backends"] = self._tried_details(exchange.tried)
+            error.extra["backends"] = self._pool.details(exchange.tried)
         response = error_response(
             error,
             request_id=exchange.request_id,
@@ -615,16 +607,16 @@ class Proxy:
         instead of piling requests onto it."""
         if not self._several:
             backend = self.backends[0]
-            refusal = self._refusal(backend, strict=False)
+            refusal = self._pool.refusal(backend, strict=False, now=self.loop.time())
             if refusal is not None:
                 self.metrics.fail_fast += 1
                 raise refusal
         else:
             exchange.tried = []
-            chosen = self._pick(exclude=(), passed_over=exchange.tried)
+            chosen = self._pool.pick(exclude=(), passed_over=exchange.tried, now=self.loop.time())
             if chosen is None:
                 self.metrics.fail_fast += 1
-                raise self._none_available(exchange.tried)
+                raise self._pool.none_available(exchange.tried)
             backend = chosen
             exchange.tried.clear()  # only backends actually tried are reported from here on
         self._use(exchange, backend)
@@ -633,59 +625,6 @@ class Proxy:
         exchange.backend = backend
         backend.outstanding += 1
         exchange.probe = backend.circuit.state is CircuitState.HALF_OPEN
-
-    def _refusal(self, backend: Backend, *, strict: bool) -> ProxyError | None:
-        """Why `backend` may not take a request now, or None (in half-open, it then has this
-        request as its probe). `strict`: a backend down since it started counts as down too
-        (with several backends, the others are tried first)."""
-        health = backend.health
-        if (
-            health.verdict is Health.DOWN
-            and (strict or health.ever_up)
-            and self._restart_window() <= 0
-        ):
-            return ProxyError(
-                Failure.UNAVAILABLE, "HEALTH_CHECK_FAILED", health.last_error, retry_after=1
-            )
-        if backend.ejected and not backend.try_return(self.loop.time()):
-            wait = backend.ejected_until - self.loop.time()
-            return ProxyError(Failure.UNAVAILABLE, "EJECTED", retry_after=max(wait, 1.0))
-        circuit = backend.circuit
-        if circuit.state is CircuitState.CLOSED or circuit.allow():
-            return None
-        return ProxyError(Failure.UNAVAILABLE, "CIRCUIT_OPEN", retry_after=circuit.retry_after())
-
-    def _pick(
-        self, *, exclude: Collection[Backend], passed_over: list[tuple[Backend, str]]
-    ) -> Backend | None:
-        """The best backend not in `exclude` that may take a request: one known up first,
-        else one still starting; None when none may. Those refused go into `passed_over`."""
-        for strict in (True, False):
-            for backend in self._balancer.order(exclude):
-                refusal = self._refusal(backend, strict=strict)
-                if refusal is None:
-                    return backend
-                if strict:
-                    passed_over.append((backend, refusal.error_code))
-        return None
-
-    def _none_available(self, passed_over: list[tuple[Backend, str]]) -> ProxyError:
-        waits = [backend.circuit.retry_after() for backend, _ in passed_over]
-        return ProxyError(
-            Failure.UNAVAILABLE,
-            "NO_BACKEND_AVAILABLE",
-            "every backend is down, ejected or has its circuit open",
-            retry_after=max(1.0, min(waits, default=1.0)),
-        )
-
-    def _tried_details(self, tried: list[tuple[Backend, str]]) -> list[dict[str, str]]:
-        """`details.backends` of an error: each backend tried or passed over, named by its
-        address where internals may be shown, else by its place in the list (api1, api2...)."""
-        expose = self.config.expose_internals
-        return [
-            {"backend": backend.url if expose else backend.name, "outcome": outcome}
-            for backend, outcome in tried
-        ]
 
     # -- attempts and retries --------------------------------------------------------------
 
@@ -853,7 +792,7 @@ class Proxy:
                 self._try_timeout is None
                 or not exchange.idempotent
                 or streamed
-                or not self._untried_remain(exchange)
+                or not self._pool.another_could_take(exchange.tried or [], exchange.backend)
             ):
                 response = await self._session.request(
                     exchange.method, url, headers=headers, data=data, allow_redirects=False
@@ -925,22 +864,7 @@ class Proxy:
         assert backend is not None
         assert exchange.tried is not None
         exchange.tried.append((backend, outcome))
-        backend.note_outcome(
-            failed=failed, now=self.loop.time(), may_eject=self._balancer.in_rotation() > 1
-        )
-
-    def _untried_remain(self, exchange: _Exchange) -> bool:
-        """Whether a backend this request has not tried looks able to take it (so that a hung
-        attempt is worth cutting short: the request could go there)."""
-        tried = {backend for backend, _ in exchange.tried or ()}
-        tried.add(exchange.backend)  # type: ignore[arg-type]
-        return any(
-            backend not in tried
-            and not backend.ejected
-            and backend.health.verdict is not Health.DOWN
-            and backend.circuit.state is not CircuitState.OPEN
-            for backend in self.backends
-        )
+        backend.note_outcome(failed=failed, now=self.loop.time(), may_eject=self._pool.may_eject())
 
     @staticmethod
     def _resendable(error: ProxyError, exchange: _Exchange) -> bool:
@@ -956,8 +880,7 @@ class Proxy:
         leaves is settled now: its breaker hears of `error`, or that it answered (None)."""
         assert exchange.tried is not None
         tried = {backend for backend, _ in exchange.tried}
-        passed_over: list[tuple[Backend, str]] = []
-        chosen = self._pick(exclude=tried, passed_over=passed_over)
+        chosen = self._pool.pick(exclude=tried, passed_over=[], now=self.loop.time())
         if chosen is None:
             return False
         self._settle(exchange, backend_failed=error.backend_failed if error else False)
