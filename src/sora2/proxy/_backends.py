@@ -7,17 +7,19 @@ With one backend this is bookkeeping only: it is always the one chosen and never
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import operator
 from collections.abc import Callable, Collection
 
 from sora2.proxy._circuit import CircuitBreaker, CircuitState
 from sora2.proxy._config import BalancePolicy, BreakerPolicy, ProxyConfig
+from sora2.proxy._deadline import Deadline
 from sora2.proxy._errors import Failure, ProxyError
 from sora2.proxy._health import Health, HealthMonitor
 
 logger = logging.getLogger("sora2.proxy.backends")
 
+_OUTSTANDING = operator.attrgetter("outstanding")
 OUTCOMES = ("response", "refused", "connect_error", "reset", "timeout", "invalid_response")
 
 
@@ -54,7 +56,7 @@ class Backend:
         self.ejections_in_row = 0
         self.ejections = 0
         self.attempts = dict.fromkeys(OUTCOMES, 0)
-        self.waiting: set[asyncio.Timeout] = set()
+        self.waiting: set[Deadline] = set()
         """The try timeouts of attempts waiting for its response headers that could go to
         another backend: ejecting it ends them at once, and they move."""
 
@@ -105,7 +107,7 @@ class Backend:
         logger.warning("backend %s ejected for %.1fs at least: %s", self.url, time, why)
         self.check_soon()  # a fresh check decides when it returns
         for waiting in self.waiting:
-            waiting.reschedule(now)  # requests stuck on it move to another backend now
+            waiting.move_to(now)  # requests stuck on it move to another backend now
 
     def try_return(self, now: float) -> bool:
         """Whether an ejected backend is back: its ejection time is over and a health check
@@ -200,15 +202,16 @@ class Backends:
     def another_could_take(self, tried: Tried, current: Backend) -> bool:
         """Whether a backend other than those tried looks able to take the request (so that a
         hung attempt is worth cutting short: the request could go there)."""
-        seen = {backend for backend, _ in tried}
-        seen.add(current)
-        return any(
-            backend not in seen
-            and not backend.ejected
-            and backend.health.verdict is not Health.DOWN
-            and backend.circuit.state is not CircuitState.OPEN
-            for backend in self.all
-        )
+        for backend in self.all:
+            if (
+                backend is not current
+                and not backend.ejected
+                and backend.circuit.state is not CircuitState.OPEN
+                and backend.health.verdict is not Health.DOWN
+                and all(backend is not other for other, _ in tried)
+            ):
+                return True
+        return False
 
     @staticmethod
     def none_available(passed_over: Tried) -> ProxyError:
@@ -244,9 +247,9 @@ class _Balancer:
         count = len(backends)
         start = self._next
         self._next = (start + 1) % count
-        rotated = [backends[(start + i) % count] for i in range(count)]
+        rotated = backends[start:] + backends[:start]
         if exclude:
             rotated = [backend for backend in rotated if backend not in exclude]
         if self._least_outstanding:
-            rotated.sort(key=lambda backend: backend.outstanding)  # stable: ties keep the turn
+            rotated.sort(key=_OUTSTANDING)  # stable: ties keep their turn
         return rotated
