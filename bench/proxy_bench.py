@@ -45,6 +45,7 @@ CHILD_PYTHON_ENV = {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), str(R
 
 DIRECT = "direct (backend)"
 OURS = "sora2 proxy"
+OURS_TWO = "sora2 proxy, 2 backends"
 NGINX = "nginx proxy_pass"
 FASTAPI = "FastAPI + httpx"
 BARE = "bare aiohttp pass-through"
@@ -175,7 +176,9 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def build_servers(workdir: Path) -> tuple[Server, list[Target]]:
+def build_servers(workdir: Path) -> tuple[Server, list[Target], list[Server]]:
+    """The backend, every target, and the servers that only serve a target (a second backend
+    for our proxy over `API_URLS`, also on the load core)."""
     backend_port = free_port()
     backend_url = f"http://127.0.0.1:{backend_port}"
     backend = Server(
@@ -190,7 +193,19 @@ def build_servers(workdir: Path) -> tuple[Server, list[Target]]:
         port = free_port()
         server = make_proxy(workdir, port, backend_url)
         targets.append(Target(server.name, server, proxy_base_url(port)))
-    return backend, targets
+    second_port = free_port()
+    second = Server(
+        "backend-2",
+        python_module("bench._backend", "--port", str(second_port)),
+        cpu=LOAD_CPU,
+        log_path=workdir / "backend-2.log",
+        env=CHILD_PYTHON_ENV,
+    )
+    port = free_port()
+    over_two = sora2_server(workdir, port, f"{backend_url},http://127.0.0.1:{second_port}")
+    over_two.name = OURS_TWO
+    targets.insert(2, Target(OURS_TWO, over_two, proxy_base_url(port)))
+    return backend, targets, [second]
 
 
 def proxy_base_url(port: int) -> str:
@@ -244,13 +259,14 @@ PROXIES: tuple[Callable[[Path, int, str], Server], ...] = (
 
 
 def production_web_env(workdir: Path, port: int, backend_url: str) -> dict[str, str]:
-    """`sora2 serve web` as deployed: production mode, INFO access lines to a log file."""
+    """`sora2 serve web` as deployed: production mode, INFO access lines to a log file.
+    `backend_url` may list several apis, comma-separated (`API_URLS`)."""
     return {
         "APP_ENV": "production",
         "JWT_SECRET": secrets.token_urlsafe(48),
         "WEB_HOST": "127.0.0.1",
         "WEB_PORT": str(port),
-        "API_URL": backend_url,
+        ("API_URLS" if "," in backend_url else "API_URL"): backend_url,
         "LOG_LEVEL": "INFO",
         "LOG_DIR": str(workdir / "logs"),
         "DATA_DIR": str(workdir / "data"),
@@ -260,8 +276,11 @@ def production_web_env(workdir: Path, port: int, backend_url: str) -> dict[str, 
 
 @contextmanager
 def running(workdir: Path) -> Iterator[tuple[Server, list[Target]]]:
-    backend, targets = build_servers(workdir)
+    backend, targets, helpers = build_servers(workdir)
     with ExitStack() as stack:
+        for helper in helpers:
+            stack.callback(helper.stop)
+            helper.start()
         for target in targets:
             stack.callback(target.server.stop)
             target.server.start()

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     api_url: str = Field(
         "http://127.0.0.1:3101", validation_alias=_aliases("API_URL", "NEXT_PUBLIC_API_URL")
     )
+    # Several apis behind the web's proxy (comma-separated); when set, it replaces `api_url`.
+    api_urls_list: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_aliases("API_URLS")
+    )
     frontend_url: str = Field("http://localhost:3200", validation_alias=_aliases("FRONTEND_URL"))
 
     database_url: str | None = Field(None, validation_alias=_aliases("DATABASE_URL"))
@@ -96,6 +100,10 @@ class Settings(BaseSettings):
     proxy_retry_budget_ratio: float = Field(
         0.2, ge=0.0, le=1.0, validation_alias=_aliases("PROXY_RETRY_BUDGET_RATIO")
     )
+    # With several apis (API_URLS): which one a request goes to.
+    proxy_balance: Literal["least_outstanding", "round_robin"] = Field(
+        "least_outstanding", validation_alias=_aliases("PROXY_BALANCE")
+    )
     proxy_pool_size: int = Field(
         8_192, ge=1, le=1_000_000, validation_alias=_aliases("PROXY_POOL_SIZE")
     )
@@ -127,7 +135,7 @@ class Settings(BaseSettings):
     def _normalise_env(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("proxy_trusted_proxies", "openai_api_keys", mode="before")
+    @field_validator("proxy_trusted_proxies", "openai_api_keys", "api_urls_list", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_csv(value)
@@ -143,6 +151,14 @@ class Settings(BaseSettings):
                     f"{item!r} is not an IP address or network (e.g. 127.0.0.1 or 10.0.0.0/8)"
                 ) from None
         return value
+
+    @field_validator("api_urls_list")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        urls = [cls._http_url(item) for item in value]
+        if len(set(urls)) != len(urls):
+            raise ValueError("API_URLS names the same api more than once")
+        return urls
 
     @field_validator("api_url", "frontend_url", "openai_base_url")
     @classmethod
@@ -186,6 +202,12 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.app_env == "production"
+
+    @property
+    def api_urls(self) -> list[str]:
+        """Every api the web's proxy (and the share page) may reach, in order: `API_URLS` when
+        set, else the one `API_URL`."""
+        return list(self.api_urls_list) or [self.api_url]
 
     @property
     def api_origin(self) -> str:

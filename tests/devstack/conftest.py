@@ -32,6 +32,7 @@ _SCRUBBED = (
     "WEB_HOST",
     "WEB_PORT",
     "API_URL",
+    "API_URLS",
     "NEXT_PUBLIC_API_URL",
     "FRONTEND_URL",
     "DATABASE_URL",

@@ -204,3 +204,16 @@ def test_doctor_warns_when_the_open_file_limit_is_too_low_for_the_pool(tmp_path:
     assert "PROXY_POOL_SIZE" in finding["detail"]
     assert "LimitNOFILE" in finding["fix"]
     assert doctor(PROXY_POOL_SIZE="300")["status"] == "ok"
+
+
+async def test_doctor_checks_each_api_of_api_urls(
+    tmp_path: Path, healthy_api: RunningServer
+) -> None:
+    stopped = f"http://127.0.0.1:{free_port()}"
+    code, findings = await run_doctor_async(tmp_path, API_URLS=f"{healthy_api.url},{stopped}")
+
+    assert code == 1
+    assert findings["api health (api1)"]["status"] == "ok"
+    assert healthy_api.url in findings["api health (api1)"]["detail"]
+    assert findings["api reachable (api2)"]["status"] == "fail"
+    assert f"API_URLS entry {stopped}" in findings["api reachable (api2)"]["detail"]

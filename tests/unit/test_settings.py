@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sora2.settings import SettingsError, load_settings
+from sora2.web.proxy_setup import proxy_config
 
 ENVIRONMENT = (
     "APP_ENV",
@@ -106,3 +107,21 @@ def test_development_secret_is_generated_once_and_kept(tmp_path: Path) -> None:
     first = settings.resolved_jwt_secret()
     assert len(first) >= 32
     assert load_settings(data_dir=tmp_path / "data").resolved_jwt_secret() == first
+
+
+def test_api_urls_lists_every_api_and_defaults_to_api_url() -> None:
+    several = load_settings(api_urls_list=" http://10.0.0.1:3101/ , http://10.0.0.2:3101")
+    assert several.api_urls == ["http://10.0.0.1:3101", "http://10.0.0.2:3101"]
+    assert load_settings(api_url="http://10.0.0.9:3101").api_urls == ["http://10.0.0.9:3101"]
+    with pytest.raises(SettingsError, match="API_URLS"):
+        load_settings(api_urls_list="http://10.0.0.1:3101,10.0.0.2")
+
+
+def test_the_web_proxy_balances_as_proxy_balance_says() -> None:
+    settings = load_settings(
+        api_urls_list="http://10.0.0.1:3101,http://10.0.0.2:3101", proxy_balance="round_robin"
+    )
+    config = proxy_config(settings)
+    assert config.backend_urls == ("http://10.0.0.1:3101", "http://10.0.0.2:3101")
+    assert config.balance.strategy == "round_robin"
+    assert proxy_config(load_settings()).api_urls == ()

@@ -159,7 +159,7 @@ def start_stack(workdir: Path, **extra_env: str) -> Stack:
         "LOGIN_LIMIT_PER_IP": "1000",
         **extra_env,
     }
-    for name in ("DATABASE_URL", "PORT", "NODE_ENV", "NEXT_PUBLIC_API_URL"):
+    for name in ("DATABASE_URL", "PORT", "NODE_ENV", "NEXT_PUBLIC_API_URL", "API_URLS"):
         env.pop(name, None)
     api = Service("api", api_port, "/api/health", env, workdir)
     web = Service("web", web_port, "/healthz", env, workdir)

@@ -13,7 +13,7 @@ import pytest
 from sora2.settings import load_settings
 from sora2.web.app import create_app
 from sora2.web.pages import PAGES, STATIC_DIR
-from tests.fakes.backend import create_backend
+from tests.fakes.backend import BackendState, create_backend
 from tests.fakes.servers import RunningServer, free_port, start_app
 
 PAGE_PATHS = [*PAGES, "/videos/3f2c9a"]
@@ -198,6 +198,27 @@ async def test_proxied_answers_pass_through_without_page_headers() -> None:
     finally:
         await web.stop()
         await backend.stop()
+
+
+async def test_the_proxy_reads_through_any_api_of_api_urls_that_is_up() -> None:
+    """API_URLS: reads keep working while one of the apis is down."""
+    state = BackendState()
+    backend = await start_app(create_backend(state))
+    down = f"http://127.0.0.1:{free_port()}"
+    settings = load_settings(api_urls_list=f"{down},{backend.url}", app_env="test")
+    web = await start_app(create_app(settings))
+    try:
+        async with aiohttp.ClientSession() as client:
+            for _ in range(6):
+                async with client.get(web.url + "/api/proxy/count/read") as response:
+                    assert response.status == 200
+            async with client.get(web.url + "/metrics") as response:
+                metrics = await response.text()
+    finally:
+        await web.stop()
+        await backend.stop()
+    assert state.count("read") == 6
+    assert f'sora2_proxy_backend_attempts_total{{backend="{down}",outcome="refused"}}' in metrics
 
 
 async def test_health_and_metrics_still_answer(

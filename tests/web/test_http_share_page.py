@@ -115,3 +115,20 @@ async def test_an_api_that_does_not_answer_is_a_503_page() -> None:
             assert "cannot be shown right now" in await response.text()
     finally:
         await site.stop()
+
+
+async def test_the_page_asks_the_next_api_when_one_is_down(
+    fake_api: tuple[RunningServer, list[str]],
+) -> None:
+    api, _ = fake_api
+    down = f"http://127.0.0.1:{free_port()}"
+    settings = load_settings(
+        api_urls_list=f"{down},{api.url}", app_env="test", frontend_url="https://sora2.example"
+    )
+    site = await start_app(create_app(settings))
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{site.url}/s/{TOKEN}") as response:
+            assert response.status == 200
+            assert "sora-2-pro" in await response.text()
+    finally:
+        await site.stop()

@@ -8,6 +8,7 @@ and the database are reached the way users reach them: over HTTP, and through th
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import importlib.metadata
 import importlib.util
@@ -245,6 +246,29 @@ def _reachability(host: str, port: int) -> dict[str, str | None]:
 
 
 def check_api(settings: Settings) -> list[Finding]:
+    """Each api the web proxies to (every one of `API_URLS`), then the proxy path itself."""
+    urls = settings.api_urls
+    if len(urls) == 1:
+        return [*_check_one_api(settings), _check_proxy(settings)]
+    findings: list[Finding] = []
+    for number, url in enumerate(urls, start=1):
+        one = settings.model_copy(update={"api_url": url, "api_urls_list": []})
+        findings.extend(
+            dataclasses.replace(
+                finding,
+                check=f"{finding.check} (api{number})",
+                detail=finding.detail.replace("API_URL ", "API_URLS entry "),
+                fix=finding.fix.replace("API_URL=", "the API_URLS entry to ").replace(
+                    "set API_URL to", "set its API_URLS entry to"
+                ),
+            )
+            for finding in _check_one_api(one)
+        )
+    findings.append(_check_proxy(settings))
+    return findings
+
+
+def _check_one_api(settings: Settings) -> list[Finding]:
     url = urlsplit(settings.api_url)
     host = url.hostname or "127.0.0.1"
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -267,7 +291,6 @@ def check_api(settings: Settings) -> list[Finding]:
     if failing:
         findings.append(_partly_reachable(host, port, answering, failing))
     findings.append(_check_health(settings))
-    findings.append(_check_proxy(settings))
     return findings
 
 

@@ -225,6 +225,7 @@ def _service_specs(
             env.update(WEB_HOST=choice.host, WEB_PORT=str(choice.port))
             if "api" in choices:
                 env["API_URL"] = _api_url(settings, choices["api"], console)
+                env["API_URLS"] = ""  # the web proxies to the api started here, not a list
                 env[RESTART_SIGNAL_ENV] = str(_restart_signal_path(settings))
         argv = (sys.executable, "-m", "sora2", "serve", service)
         health = choice.base_url + HEALTH_PATHS[service]

@@ -1,7 +1,9 @@
-"""A resilient reverse proxy for one backend, on aiohttp.
+"""A resilient reverse proxy for one backend or several, on aiohttp.
 
 Streams both ways, retries only when safe, within one deadline; learns the backend's health off
-the request path and fails fast while it is down; answers its own failures as actionable JSON.
+the request path and fails fast while it is down; over several backends, balances requests,
+moves safe ones off a failing backend and ejects one that keeps failing; answers its own
+failures as actionable JSON.
 It imports nothing of the application around it: whatever it should know comes in through
 `ProxyConfig` (and `Proxy`'s arguments). This example runs as a test (tests/unit):
 
@@ -31,8 +33,10 @@ It imports nothing of the application around it: whatever it should know comes i
 (503, 'Backend API Connection Refused')
 """
 
+from sora2.proxy._backends import Backend
 from sora2.proxy._circuit import CircuitBreaker, CircuitState
 from sora2.proxy._config import (
+    BalancePolicy,
     BreakerPolicy,
     HealthPolicy,
     PoolLimits,
@@ -47,6 +51,8 @@ from sora2.proxy._mount import mount_proxy
 from sora2.proxy._proxy import Proxy
 
 __all__ = [
+    "Backend",
+    "BalancePolicy",
     "BreakerPolicy",
     "CircuitBreaker",
     "CircuitState",

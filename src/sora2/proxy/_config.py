@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import urlsplit
 
 from sora2.proxy._errors import Failure
@@ -110,9 +111,36 @@ class HealthPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class BalancePolicy:
+    """How requests are spread over several backends, and when one is taken out of rotation.
+    With a single backend none of it applies: it is never ejected, and requests fail fast as
+    its own health and breaker say."""
+
+    strategy: Literal["least_outstanding", "round_robin"] = "least_outstanding"
+    """`least_outstanding`: the backend with the fewest requests in flight (round-robin among
+    equals); `round_robin`: each in turn."""
+    eject_after: int = 3
+    """Consecutive failures (unreachable, reset, silent, or a 502/503/504 answer) that eject a
+    backend: no new requests go to it until its health check passes again. Its breaker
+    opening or its health check failing ejects it too. The last backend in rotation is never
+    ejected this way."""
+    eject_time: float = 1.0
+    """The shortest ejection; it doubles with each ejection in a row (up to `max_eject_time`)
+    and a backend returns at the first passing health check after it."""
+    max_eject_time: float = 30.0
+    try_timeout: float | None = None
+    """How long one attempt of a request that may safely be retried waits for the response
+    headers before the request moves to another backend (a hung backend must not hold it to
+    the deadline). None: the request timeout divided by `RetryPolicy.max_attempts`."""
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfig:
     api_url: str
     """Where requests go: `{api_url}{upstream_prefix}/{path}`. Nothing else is ever reached."""
+    api_urls: tuple[str, ...] = ()
+    """Several backends to balance over (`api_url` is then ignored); empty: `api_url` alone."""
+    balance: BalancePolicy = BalancePolicy()
     allowed_origins: frozenset[str] = frozenset()
     """Origins besides the page's own that get CORS with credentials and may write."""
     trusted_proxies: tuple[Network, ...] = ()
@@ -140,6 +168,11 @@ class ProxyConfig:
     process (within their deadline) instead of failing, and fail-fast is held off; otherwise a
     refused connection is an outage and fails fast."""
     via: str = "1.1 sora2"
+
+    @property
+    def backend_urls(self) -> tuple[str, ...]:
+        """Every backend, in the order configured."""
+        return self.api_urls or (self.api_url,)
 
     @property
     def api_origin(self) -> str:

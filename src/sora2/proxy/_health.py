@@ -41,12 +41,14 @@ class HealthMonitor:
         ttl: float,
         timeout: float,
         on_recovered: Callable[[], None],
+        on_down: Callable[[], None] | None = None,
     ) -> None:
         self._session = session
         self._url = url
         self._ttl = ttl
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._on_recovered = on_recovered
+        self._on_down = on_down
         self._loop = asyncio.get_running_loop()
         self._verdict = Health.UNKNOWN
         self._checked_at = -float("inf")
@@ -55,6 +57,8 @@ class HealthMonitor:
         self._wake = asyncio.Event()
         self.ever_up = False
         self.last_error = ""
+        self.passed_at = -float("inf")
+        """When an active check last passed (loop time)."""
         self._failed_checks = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -131,6 +135,7 @@ class HealthMonitor:
         self._checked_at = self._loop.time()
         self._failed_checks = 0 if healthy else self._failed_checks + 1
         if healthy:
+            self.passed_at = self._checked_at
             self._mark(Health.UP)
         elif refused or self._failed_checks >= FAILURES_BEFORE_DOWN:
             self._mark(Health.DOWN)
@@ -148,9 +153,15 @@ class HealthMonitor:
             self._up.clear()
             if previous is not Health.DOWN:
                 logger.warning("backend %s is unhealthy: %s", self._url, self.last_error or "-")
+                if self._on_down is not None:
+                    self._on_down()
 
     def _interval(self) -> float:
-        return self._ttl / 2 if self._verdict is Health.UP else FAST_INTERVAL
+        # A failed check while up is confirmed (or not) soon, not a whole interval later: a
+        # hung backend is known down within about two check timeouts.
+        if self._verdict is Health.UP and not self._failed_checks:
+            return self._ttl / 2
+        return FAST_INTERVAL
 
     async def _run(self) -> None:
         while True:

@@ -10,7 +10,7 @@ thread, scrapes included, so no lock is needed.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -20,10 +20,10 @@ from prometheus_client.core import (
     Metric,
 )
 
+from sora2.proxy._backends import OUTCOMES, Backend
 from sora2.proxy._circuit import CircuitState
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-OUTCOMES = ("response", "refused", "connect_error", "reset", "timeout", "invalid_response")
 DURATION_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
@@ -39,6 +39,8 @@ class ProxyMetrics:
         self.pool_timeouts = 0
         self.truncated_responses = 0
         self.tunnels = 0
+        self.failovers = 0
+        self._backends: Sequence[Backend] = ()
         self.circuit_state = CircuitState.CLOSED
         self.bytes_in = 0
         self.bytes_out = 0
@@ -46,6 +48,10 @@ class ProxyMetrics:
         self._duration_sum = 0.0
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(self)
+
+    def watch(self, backends: Sequence[Backend]) -> None:
+        """Report these backends' own figures too (each labelled with its URL)."""
+        self._backends = backends
 
     def count_request(self, status: int, duration: float) -> None:
         self.requests[STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]] += 1
@@ -106,6 +112,12 @@ class ProxyMetrics:
             "Circuit breaker state: 0 closed, 1 half-open, 2 open",
             value=int(self.circuit_state),
         )
+        yield CounterMetricFamily(
+            "sora2_proxy_failovers",
+            "Requests moved to another backend after an attempt failed",
+            value=self.failovers,
+        )
+        yield from self._backend_families()
         yield self._duration_family()
         yield CounterMetricFamily(
             "sora2_proxy_request_bytes", "Request body bytes sent upstream", value=self.bytes_in
@@ -115,6 +127,38 @@ class ProxyMetrics:
             "Response body bytes sent to clients",
             value=self.bytes_out,
         )
+
+    def _backend_families(self) -> Iterator[Metric]:
+        attempts = CounterMetricFamily(
+            "sora2_proxy_backend_attempts", "Attempts to reach each backend, by outcome",
+            labels=["backend", "outcome"],
+        )  # fmt: skip
+        outstanding = GaugeMetricFamily(
+            "sora2_proxy_backend_outstanding", "Requests in flight on each backend",
+            labels=["backend"],
+        )  # fmt: skip
+        ejected = GaugeMetricFamily(
+            "sora2_proxy_backend_ejected", "1 while a backend is out of rotation, else 0",
+            labels=["backend"],
+        )  # fmt: skip
+        ejections = CounterMetricFamily(
+            "sora2_proxy_backend_ejections", "Times each backend was taken out of rotation",
+            labels=["backend"],
+        )  # fmt: skip
+        circuit = GaugeMetricFamily(
+            "sora2_proxy_backend_circuit_state",
+            "Each backend's circuit breaker: 0 closed, 1 half-open, 2 open",
+            labels=["backend"],
+        )
+        for backend in self._backends:
+            label = [backend.url]
+            for outcome, count in backend.attempts.items():
+                attempts.add_metric([backend.url, outcome], count)
+            outstanding.add_metric(label, backend.outstanding)
+            ejected.add_metric(label, int(backend.ejected))
+            ejections.add_metric(label, backend.ejections)
+            circuit.add_metric(label, int(backend.circuit.state))
+        yield from (attempts, outstanding, ejected, ejections, circuit)
 
     def _duration_family(self) -> HistogramMetricFamily:
         cumulative = 0

@@ -1,8 +1,10 @@
-"""The resilient reverse proxy: one `Proxy` per backend, `handle()` per request.
+"""The resilient reverse proxy: one `Proxy` per backend (or set of backends), `handle()` per
+request.
 
 The life of a request: reject what must never be forwarded (unsafe path, foreign origin writing,
-oversized body) → fail fast if the backend is known down → attempt, retrying only when that is
-safe, all within one deadline → pass the backend's answer through, streamed.
+oversized body) → choose a backend, or fail fast if it (every one) is known down → attempt,
+retrying only when that is safe (on another backend when there is one), all within one deadline
+→ pass the backend's answer through, streamed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextvars
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -18,6 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from sora2.proxy._backends import Backend, Backends, Tried
 from sora2.proxy._circuit import CircuitBreaker, CircuitState
 from sora2.proxy._config import ProxyConfig
 from sora2.proxy._cors import CorsDecision, CorsPolicy
@@ -41,7 +45,7 @@ from sora2.proxy._headers import (
     request_id_from,
     upstream_request_headers,
 )
-from sora2.proxy._health import Health, HealthMonitor
+from sora2.proxy._health import HealthMonitor
 from sora2.proxy._metrics import ProxyMetrics
 from sora2.proxy._paths import UnsafePath, checked_upstream_path
 from sora2.proxy._pool import ConnectionSlots
@@ -109,6 +113,10 @@ class _Exchange:
     """The response body was cut off: the backend broke off or went silent mid-way."""
     waiting_for_start: ProxyError | None = None
     """The failure a request is holding on to while it waits for a starting backend."""
+    backend: Backend | None = None
+    """The backend it is using now (chosen once the request has passed the proxy's checks)."""
+    tried: Tried | None = None
+    """With several backends: each one tried or passed over, and what happened there."""
 
     @property
     def body_started(self) -> bool:
@@ -137,19 +145,24 @@ class Proxy:
             allowed_headers=config.cors_allowed_headers,
             trusted_proxies=config.trusted_proxies,
         )
-        self.circuit = CircuitBreaker(
-            failure_threshold=config.breaker.failure_threshold,
-            open_time=config.breaker.open_time,
-            probe_timeout=config.breaker.probe_timeout,
-            on_change=self._circuit_changed,
+        self._pool = Backends(
+            config, on_circuit_change=self._circuit_changed, restart_window=self._restart_window
+        )
+        self.backends = self._pool.all
+        self.metrics.watch(self.backends)
+        self._several = self._pool.several
+        # With several backends, a request that may go again elsewhere waits this long for
+        # one backend's response headers (see BalancePolicy.try_timeout).
+        self._try_timeout = (
+            (config.balance.try_timeout or config.timeouts.request / config.retries.max_attempts)
+            if self._several
+            else None
         )
         self.budget = RetryBudget(
             ratio=config.retries.budget_ratio, minimum=config.retries.budget_min
         )
-        self._upstream_base = config.api_url + config.upstream_prefix
         self._session: aiohttp.ClientSession | None = None
         self._health_session: aiohttp.ClientSession | None = None
-        self._health: HealthMonitor | None = None
         self._slots: ConnectionSlots | None = None
         self._startup_ends = 0.0
         # Set by start(). Kept rather than looked up per request: on Python 3.11 each
@@ -196,22 +209,26 @@ class Proxy:
         # Health checks have a connection of their own: however many streams hold the
         # forwarding connections, a check still reaches the backend at once.
         self._health_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1, keepalive_timeout=self.config.health.ttl),
+            connector=aiohttp.TCPConnector(
+                limit=0, limit_per_host=1, keepalive_timeout=self.config.health.ttl
+            ),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self._health = HealthMonitor(
-            session=self._health_session,
-            url=self.config.api_url + self.config.health.path,
-            ttl=self.config.health.ttl,
-            timeout=max(self.config.timeouts.connect, 1.0),
-            on_recovered=self.circuit.reset,
-        )
-        self._health.start()
+        for backend in self.backends:
+            health = HealthMonitor(
+                session=self._health_session,
+                url=backend.url + self.config.health.path,
+                ttl=self.config.health.ttl,
+                timeout=max(self.config.timeouts.connect, 1.0),
+                on_recovered=backend.circuit.reset,
+                on_down=self._outlier_handler(backend, "its health check failed"),
+            )
+            backend.attach(health)
 
     async def close(self) -> None:
-        if self._health is not None:
-            await self._health.stop()
+        for backend in self.backends:
+            await backend.close()
         if self._session is not None:
             await self._session.close()
         if self._health_session is not None:
@@ -219,8 +236,13 @@ class Proxy:
 
     @property
     def health(self) -> HealthMonitor:
-        assert self._health is not None, "Proxy.start() was not awaited"
-        return self._health
+        """The (first) backend's health."""
+        return self.backends[0].health
+
+    @property
+    def circuit(self) -> CircuitBreaker:
+        """The (first) backend's breaker."""
+        return self.backends[0].circuit
 
     @property
     def slots(self) -> ConnectionSlots:
@@ -232,14 +254,23 @@ class Proxy:
         assert self._loop is not None, "Proxy.start() was not awaited"
         return self._loop
 
-    def _circuit_changed(self, state: CircuitState) -> None:
-        self.metrics.circuit_state = state
+    def _circuit_changed(self, backend: Backend, state: CircuitState) -> None:
+        self.metrics.circuit_state = max(other.circuit.state for other in self.backends)
         if state is CircuitState.OPEN:
-            logger.warning("circuit opened: backend %s is failing", self.config.api_url)
-            if self._health is not None:
-                self._health.note_failure()
+            logger.warning("circuit opened: backend %s is failing", backend.url)
+            backend.check_soon()
+            self._outlier_handler(backend, "its breaker opened")()
         elif state is CircuitState.CLOSED:
-            logger.info("circuit closed: backend %s is answering", self.config.api_url)
+            logger.info("circuit closed: backend %s is answering", backend.url)
+
+    def _outlier_handler(self, backend: Backend, why: str) -> Callable[[], None]:
+        """Ejects `backend` (when others are in rotation) for `why`."""
+
+        def eject() -> None:
+            if self._loop is not None and self._pool.may_eject():
+                backend.eject(self._loop.time(), why)
+
+        return eject
 
     # -- one request -----------------------------------------------------------------------
 
@@ -270,8 +301,11 @@ class Proxy:
             return response
         finally:
             self.budget.in_flight -= 1
-            if exchange.probe:  # claimed, then refused before it was sent (a body too large...)
-                self.circuit.release_probe()
+            backend = exchange.backend
+            if backend is not None:
+                backend.outstanding -= 1
+                if exchange.probe:  # claimed, then refused before it was sent (too large...)
+                    backend.circuit.release_probe()
             finished = time.perf_counter()
             # The histogram is time to the response headers (as its help says); a stream that
             # lasts an hour is one quick answer there, and its whole length is in the log line.
@@ -296,10 +330,13 @@ class Proxy:
         return f"{path}?{redact_query(query, self.config.loggable_query_names)}"
 
     def _error(self, error: ProxyError, exchange: _Exchange) -> web.Response:
+        backend = exchange.backend
+        if exchange.tried:
+            error.extra["backends"] = self._pool.details(exchange.tried)
         response = error_response(
             error,
             request_id=exchange.request_id,
-            api_url=self.config.api_url,
+            api_url=self.config.api_url if backend is None else backend.url,
             attempts=exchange.attempts,
             duration=time.perf_counter() - exchange.started,
             timeout_ms=round(self.config.timeouts.request * 1000),
@@ -311,14 +348,14 @@ class Proxy:
         return response
 
     async def _exchange(self, request: web.Request, exchange: _Exchange) -> web.StreamResponse:
-        url = self._upstream_url(request)
+        target = self._upstream_target(request)
         exchange.cors = self.cors.decide(request)
         if exchange.cors.forbidden:
             raise ProxyError(Failure.FORBIDDEN_ORIGIN)
         if exchange.cors.preflight:
             return exchange.cors.preflight_response(exchange.request_id)
         if "Upgrade" in request.headers and is_websocket_upgrade(request.headers):
-            return await self._tunnel(request, url, exchange)
+            return await self._tunnel(request, target, exchange)
         exchange.idempotent = is_idempotent(exchange.method, "Idempotency-Key" in request.headers)
         config = self.config
         if "Transfer-Encoding" in request.headers:
@@ -326,7 +363,7 @@ class Proxy:
         declared = request.content_length
         if declared is not None and declared > config.max_body_bytes:
             raise ProxyError(Failure.TOO_LARGE)
-        self._fail_fast_if_down(exchange)
+        self._choose_backend(exchange)
         if "Expect" in request.headers:
             # Only now that size, origin and the backend's state are known to be fine is the
             # client told to send its body (mount_proxy keeps aiohttp from saying so earlier).
@@ -346,7 +383,7 @@ class Proxy:
         if declared is not None and isinstance(exchange.body, StreamedBody):
             headers["Content-Length"] = str(declared)  # framed as the client framed it
         try:
-            upstream = await self._send_before_deadline(url, headers, exchange)
+            upstream = await self._send_before_deadline(target, headers, exchange)
             try:
                 return await self._respond(request, upstream, exchange)
             finally:
@@ -371,7 +408,7 @@ class Proxy:
     # -- WebSocket upgrades --------------------------------------------------------------
 
     async def _tunnel(
-        self, request: web.Request, url: URL, exchange: _Exchange
+        self, request: web.Request, target: str, exchange: _Exchange
     ) -> web.StreamResponse:
         """Forward the handshake; on 101, relay bytes both ways until one side closes or both
         are silent for the idle timeout. It holds a pool connection for its whole life."""
@@ -379,7 +416,9 @@ class Proxy:
             # Browsers apply no CORS to WebSockets: a foreign page could use the user's cookies.
             raise ProxyError(Failure.FORBIDDEN_ORIGIN)
         exchange.deadline = self.loop.time() + self.config.timeouts.request
-        self._fail_fast_if_down(exchange)
+        self._choose_backend(exchange)
+        assert exchange.backend is not None
+        url = URL(exchange.backend.upstream_base + target, encoded=True)
         headers = self._upstream_headers(request, exchange)
         try:
             reader, writer, head = await self._handshake(url, headers, exchange)
@@ -407,15 +446,15 @@ class Proxy:
                 async with asyncio.timeout(self.config.timeouts.connect):
                     reader, writer = await asyncio.open_connection(url.host, url.port)
             except TimeoutError:
-                self._note_failure("connect_error")
+                self._note_failure(exchange, "connect_error")
                 raise ProxyError(Failure.TIMEOUT, "ECONNTIMEOUT", backend_failed=True) from None
             except ConnectionRefusedError as error:
-                self._note_failure("refused")
+                self._note_failure(exchange, "refused")
                 raise ProxyError(
                     Failure.REFUSED, "ECONNREFUSED", str(error), 1, backend_failed=True
                 ) from None
             except OSError as error:
-                self._note_failure("connect_error")
+                self._note_failure(exchange, "connect_error")
                 raise ProxyError(
                     Failure.BAD_GATEWAY, "ECONNECT", str(error), backend_failed=True
                 ) from None
@@ -424,7 +463,7 @@ class Proxy:
                 head = await read_response_head(reader)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
                 writer.close()
-                self._note_failure("reset")
+                self._note_failure(exchange, "reset")
                 raise ProxyError(
                     Failure.BAD_GATEWAY, "ECONNRESET", type(error).__name__, backend_failed=True
                 ) from None
@@ -439,8 +478,8 @@ class Proxy:
             raise
         finally:
             deadline.disarm()
-        self.metrics.count_attempt("response")
-        self.health.note_response()
+        self._count_attempt(exchange, "response")
+        exchange.backend.health.note_response()  # type: ignore[union-attr]
         self._settle(exchange, backend_failed=False)
         return reader, writer, head
 
@@ -460,7 +499,7 @@ class Proxy:
             CIMultiDictProxy(upstream_headers),
             request_id=exchange.request_id,
             via=self.config.via,
-            api_url=self.config.api_url,
+            api_url=exchange.backend.url,  # type: ignore[union-attr]
             upstream_prefix=self.config.upstream_prefix,
             public_prefix=self.public_prefix,
         )
@@ -547,7 +586,8 @@ class Proxy:
         elif body:
             self.metrics.bytes_in += len(body)
 
-    def _upstream_url(self, request: web.Request) -> URL:
+    def _upstream_target(self, request: web.Request) -> str:
+        """`{upstream_prefix}/{path}?{query}` less the backend's address, once checked."""
         target = request.raw_path
         if not target.startswith("/"):
             target = _origin_form(target)
@@ -560,31 +600,36 @@ class Proxy:
             checked_upstream_path(tail)
         except UnsafePath as unsafe:
             raise ProxyError(Failure.BAD_PATH, detail=unsafe.reason) from None
-        target = self._upstream_base + tail
-        if query:
-            target += "?" + query
-        return URL(target, encoded=True)
+        return tail + "?" + query if query else tail
 
-    def _fail_fast_if_down(self, exchange: _Exchange) -> None:
-        """503 at once when the backend is known down, instead of piling requests onto it."""
-        health = self.health
-        if health.verdict is Health.DOWN and health.ever_up and self._restart_window() <= 0:
-            self.metrics.fail_fast += 1
-            raise ProxyError(
-                Failure.UNAVAILABLE, "HEALTH_CHECK_FAILED", health.last_error, retry_after=1
-            )
-        circuit = self.circuit
-        if circuit.state is CircuitState.CLOSED:
-            return
-        if not circuit.allow():
-            self.metrics.fail_fast += 1
-            raise ProxyError(Failure.UNAVAILABLE, "CIRCUIT_OPEN", retry_after=circuit.retry_after())
-        exchange.probe = circuit.state is CircuitState.HALF_OPEN
+    def _choose_backend(self, exchange: _Exchange) -> None:
+        """The backend for this request; 503 at once when it (or every one) is known down,
+        instead of piling requests onto it."""
+        if not self._several:
+            backend = self.backends[0]
+            refusal = self._pool.refusal(backend, strict=False, now=self.loop.time())
+            if refusal is not None:
+                self.metrics.fail_fast += 1
+                raise refusal
+        else:
+            exchange.tried = []
+            chosen = self._pool.pick(exclude=(), passed_over=exchange.tried, now=self.loop.time())
+            if chosen is None:
+                self.metrics.fail_fast += 1
+                raise self._pool.none_available(exchange.tried)
+            backend = chosen
+            exchange.tried.clear()  # only backends actually tried are reported from here on
+        self._use(exchange, backend)
+
+    def _use(self, exchange: _Exchange, backend: Backend) -> None:
+        exchange.backend = backend
+        backend.outstanding += 1
+        exchange.probe = backend.circuit.state is CircuitState.HALF_OPEN
 
     # -- attempts and retries --------------------------------------------------------------
 
     async def _send_before_deadline(
-        self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
+        self, target: str, headers: CIMultiDict[str], exchange: _Exchange
     ) -> aiohttp.ClientResponse:
         """All attempts, within the deadline. Whatever happens, the breaker hears one verdict on
         the backend for the whole request (see `_settle`), and a retry-budget slot is given back
@@ -594,7 +639,7 @@ class Proxy:
             self._watch_streamed_body(exchange.body, deadline, exchange)
         try:
             await self._take_slot(exchange)
-            upstream = await self._send_with_retries(url, headers, exchange)
+            upstream = await self._send_with_retries(target, headers, exchange)
         except asyncio.CancelledError:
             if not deadline.expired:
                 self._settle(exchange, backend_failed=None)  # the client left: it tells nothing
@@ -631,7 +676,9 @@ class Proxy:
         if isinstance(body, StreamedBody) and body.awaiting_client:
             self._settle(exchange, backend_failed=None)  # the client stalled, not the backend
             return self._body_timeout()
-        self.metrics.count_attempt("timeout")
+        self._count_attempt(exchange, "timeout")
+        if self._several:
+            self._note_outcome(exchange, "ETIMEDOUT", failed=True)
         self._settle(exchange, backend_failed=True)
         return ProxyError(Failure.TIMEOUT, "ETIMEDOUT")
 
@@ -640,8 +687,10 @@ class Proxy:
         it answered (any status: one route's 503 says nothing of the others), it failed (could
         not be reached, reset, stayed silent), or nothing (None: the client left or stalled,
         the proxy was congested, the response was one no retry would fix)."""
-        circuit = self.circuit
-        if backend_failed and (not self.health.ever_up or self._restart_window() > 0):
+        backend = exchange.backend
+        assert backend is not None
+        circuit = backend.circuit
+        if backend_failed and (not backend.health.ever_up or self._restart_window() > 0):
             backend_failed = None  # its start-up, or a restart on purpose: not an outage
         if backend_failed is None:
             if exchange.probe:
@@ -683,23 +732,41 @@ class Proxy:
         body.on_sent = sent
 
     async def _send_with_retries(
-        self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
+        self, target: str, headers: CIMultiDict[str], exchange: _Exchange
     ) -> aiohttp.ClientResponse:
         loop = self.loop
+        several = self._several
         while True:
             exchange.attempts += 1
             if exchange.attempts > 1:
                 self.metrics.retries += 1
+            backend = exchange.backend
+            assert backend is not None
             try:
-                upstream = await self._attempt(url, headers, exchange)
+                upstream = await self._attempt(target, headers, exchange)
             except ProxyError as error:
+                if several:
+                    self._note_outcome(exchange, error.error_code, failed=error.backend_failed)
+                    if self._resendable(error, exchange) and self._fail_over(exchange, error):
+                        continue
                 wait = self._wait_after_failure(error, exchange)
                 if wait is None or not await self._pause(wait, exchange, error):
                     raise
                 continue
-            self.health.note_response()
+            backend.health.note_response()
             if upstream.status not in RETRYABLE_STATUSES:
+                if several and (backend.consecutive_failures or backend.ejections_in_row):
+                    backend.note_outcome(failed=False, now=0.0, may_eject=False)
                 return upstream
+            if several:
+                self._note_outcome(exchange, str(upstream.status), failed=True)
+                if (
+                    exchange.idempotent
+                    and not isinstance(exchange.body, StreamedBody)
+                    and self._fail_over(exchange, None)
+                ):
+                    upstream.release()
+                    continue
             wait = self._wait_after_status(upstream, exchange)
             if (
                 wait is None
@@ -711,28 +778,39 @@ class Proxy:
             await asyncio.sleep(wait)
 
     async def _attempt(
-        self, url: URL, headers: CIMultiDict[str], exchange: _Exchange
+        self, target: str, headers: CIMultiDict[str], exchange: _Exchange
     ) -> aiohttp.ClientResponse:
         """One try: connect, send, wait for the response headers, all before the deadline."""
         assert self._session is not None
+        assert exchange.backend is not None
+        url = URL(exchange.backend.upstream_base + target, encoded=True)
         body = exchange.body
+        streamed = isinstance(body, StreamedBody)
         data = body.chunks() if isinstance(body, StreamedBody) else body
         try:
-            response = await self._session.request(
-                exchange.method, url, headers=headers, data=data, allow_redirects=False
-            )
+            if (
+                self._try_timeout is None
+                or not exchange.idempotent
+                or streamed
+                or not self._pool.another_could_take(exchange.tried or [], exchange.backend)
+            ):
+                response = await self._session.request(
+                    exchange.method, url, headers=headers, data=data, allow_redirects=False
+                )
+            else:
+                response = await self._request_or_move_on(exchange, url, headers, data)
         except aiohttp.ConnectionTimeoutError as error:
-            self._note_failure("connect_error")
+            self._note_failure(exchange, "connect_error")
             raise ProxyError(
                 Failure.TIMEOUT, "ECONNTIMEOUT", str(error), backend_failed=True
             ) from None
         except TimeoutError:
             # The backend stayed silent longer than the idle timeout after the request was sent.
-            self._note_failure("timeout")
+            self._note_failure(exchange, "timeout")
             raise ProxyError(Failure.TIMEOUT, "ETIMEDOUT", backend_failed=True) from None
         except aiohttp.ClientConnectorError as error:
             refused = isinstance(error.os_error, ConnectionRefusedError)
-            self._note_failure("refused" if refused else "connect_error")
+            self._note_failure(exchange, "refused" if refused else "connect_error")
             if refused:
                 raise ProxyError(
                     Failure.REFUSED, "ECONNREFUSED", str(error), 1, backend_failed=True
@@ -743,26 +821,93 @@ class Proxy:
             # A response aiohttp cannot parse (a header over its size limit, say): the same
             # request would get the same response, so it is not retried, and the backend is
             # answering, so it is not counted as down.
-            self.metrics.count_attempt("invalid_response")
+            self._count_attempt(exchange, "invalid_response")
             raise ProxyError(Failure.BAD_GATEWAY, "EINVALIDRESPONSE", error.message) from None
         except (aiohttp.ClientError, OSError) as error:
             if isinstance(body, StreamedBody) and body.too_large:
                 raise ProxyError(Failure.TOO_LARGE) from None
-            self._note_failure("reset")
+            self._note_failure(exchange, "reset")
             code = "ECONNRESET" if _is_reset(error) else "EBADRESPONSE"
             cause = f"{type(error).__name__}: {error}"
             raise ProxyError(Failure.BAD_GATEWAY, code, cause, backend_failed=True) from None
-        self.metrics.count_attempt("response")
+        self._count_attempt(exchange, "response")
         return response
 
-    def _note_failure(self, outcome: str) -> None:
+    async def _request_or_move_on(
+        self, exchange: _Exchange, url: URL, headers: CIMultiDict[str], data: object
+    ) -> aiohttp.ClientResponse:
+        """The request, given up (TimeoutError) after the try timeout or as soon as its backend
+        is ejected, so that it can go to another backend. A `Deadline` rather than
+        `asyncio.timeout()`: a third of the cost, on every GET when there are several backends."""
+        assert self._session is not None
+        backend = exchange.backend
+        assert backend is not None
+        assert self._try_timeout is not None
+        cutoff = Deadline(self.loop, self.loop.time() + self._try_timeout)
+        backend.waiting.add(cutoff)
+        try:
+            return await self._session.request(
+                exchange.method, url, headers=headers, data=data, allow_redirects=False
+            )
+        except asyncio.CancelledError:
+            if not cutoff.expired:
+                raise
+            cutoff.absorb()
+            task = asyncio.current_task(self.loop)
+            if task is not None and task.cancelling():
+                raise  # the request's own deadline (or the client leaving) came at once too
+            raise TimeoutError from None
+        finally:
+            cutoff.disarm()
+            backend.waiting.discard(cutoff)
+
+    def _count_attempt(self, exchange: _Exchange, outcome: str) -> None:
+        self.metrics.count_attempt(outcome)
+        exchange.backend.attempts[outcome] += 1  # type: ignore[union-attr]
+
+    def _note_failure(self, exchange: _Exchange, outcome: str) -> None:
         """An attempt could not reach the backend: counted, and the health monitor checks now.
         The breaker hears of it once the whole request is settled."""
-        self.metrics.count_attempt(outcome)
+        self._count_attempt(exchange, outcome)
+        health = exchange.backend.health  # type: ignore[union-attr]
         if outcome == "refused":
-            self.health.note_refused()
+            health.note_refused()
         else:
-            self.health.note_failure()
+            health.note_failure()
+
+    # -- several backends ------------------------------------------------------------------
+
+    def _note_outcome(self, exchange: _Exchange, outcome: str, *, failed: bool) -> None:
+        """With several backends: what this attempt met, for the error's `details.backends`
+        and for outlier detection."""
+        backend = exchange.backend
+        assert backend is not None
+        assert exchange.tried is not None
+        exchange.tried.append((backend, outcome))
+        backend.note_outcome(failed=failed, now=self.loop.time(), may_eject=self._pool.may_eject())
+
+    @staticmethod
+    def _resendable(error: ProxyError, exchange: _Exchange) -> bool:
+        """Whether a failed attempt may go again, elsewhere: the backend failed, and either it
+        received nothing or the request is idempotent (and its body can be sent again)."""
+        if not error.backend_failed or exchange.body_started:
+            return False
+        return exchange.idempotent or error.error_code in _NOTHING_SENT
+
+    def _fail_over(self, exchange: _Exchange, error: ProxyError | None) -> bool:
+        """Move the request to a backend it has not tried yet, at once (no backoff, no retry
+        budget: it adds no load to a struggling backend); False when there is none. The one it
+        leaves is settled now: its breaker hears of `error`, or that it answered (None)."""
+        assert exchange.tried is not None
+        tried = {backend for backend, _ in exchange.tried}
+        chosen = self._pool.pick(exclude=tried, passed_over=[], now=self.loop.time())
+        if chosen is None:
+            return False
+        self._settle(exchange, backend_failed=error.backend_failed if error else False)
+        exchange.backend.outstanding -= 1  # type: ignore[union-attr]
+        self._use(exchange, chosen)
+        self.metrics.failovers += 1
+        return True
 
     def _wait_after_failure(self, error: ProxyError, exchange: _Exchange) -> float | None:
         """Seconds to wait before retrying after a transport failure, or None: do not retry."""
@@ -774,7 +919,8 @@ class Proxy:
         if error.failure is Failure.TIMEOUT and not nothing_sent:
             return None  # the deadline is spent
         if nothing_sent and (
-            self._restart_window() > 0 or (exchange.idempotent and self._backend_may_be_starting())
+            self._restart_window() > 0
+            or (exchange.idempotent and self._backend_may_be_starting(exchange))
         ):
             return _UNTIL_UP  # nothing was sent, so any method may wait and go again
         if exchange.attempts >= self.config.retries.max_attempts or not self._claim_retry_budget(
@@ -801,9 +947,9 @@ class Proxy:
         signal = self.config.restart_signal
         return signal() if signal is not None else 0.0
 
-    def _backend_may_be_starting(self) -> bool:
+    def _backend_may_be_starting(self, exchange: _Exchange) -> bool:
         """Never seen up, and the proxy itself only just started (as under `sora2 dev`)."""
-        if self.health.ever_up:
+        if exchange.backend.health.ever_up:  # type: ignore[union-attr]
             return False
         return self.loop.time() < self._startup_ends
 
@@ -824,7 +970,8 @@ class Proxy:
         if wait == _UNTIL_UP:
             exchange.waiting_for_start = error
             expected = max(self._startup_ends - loop.time(), self._restart_window())
-            up = await self.health.wait_until_up(min(remaining, expected))
+            health = exchange.backend.health  # type: ignore[union-attr]
+            up = await health.wait_until_up(min(remaining, expected))
             exchange.waiting_for_start = None
             return up
         if wait >= remaining:
@@ -841,7 +988,7 @@ class Proxy:
             upstream.headers,
             request_id=exchange.request_id,
             via=self.config.via,
-            api_url=self.config.api_url,
+            api_url=exchange.backend.url,  # type: ignore[union-attr]
             upstream_prefix=self.config.upstream_prefix,
             public_prefix=self.public_prefix,
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sora2.proxy import (
+    BalancePolicy,
     BreakerPolicy,
     Failure,
     HealthPolicy,
@@ -23,8 +24,10 @@ from sora2.settings import Settings
 
 def proxy_config(settings: Settings) -> ProxyConfig:
     connect = settings.proxy_connect_timeout_ms / 1000
+    urls = settings.api_urls
     return ProxyConfig(
-        api_url=settings.api_url,
+        api_url=urls[0],
+        api_urls=tuple(urls) if len(urls) > 1 else (),
         allowed_origins=frozenset({settings.frontend_origin}),
         trusted_proxies=tuple(
             ipaddress.ip_network(item, strict=False) for item in settings.proxy_trusted_proxies
@@ -35,6 +38,7 @@ def proxy_config(settings: Settings) -> ProxyConfig:
             idle=settings.proxy_idle_timeout_ms / 1000,
         ),
         pool=PoolLimits(size=settings.proxy_pool_size),
+        balance=BalancePolicy(strategy=settings.proxy_balance),
         breaker=BreakerPolicy(
             failure_threshold=settings.proxy_circuit_failure_threshold,
             open_time=settings.proxy_circuit_open_ms / 1000,

@@ -62,7 +62,7 @@ def _serve_process(settings: Settings, sock: socket.socket | None, *, log_name: 
         "web listening on http://%s:%d, proxying /api/proxy to %s (%s)",
         settings.web_host,
         settings.web_port,
-        settings.api_url,
+        ", ".join(settings.api_urls),
         settings.app_env,
     )
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

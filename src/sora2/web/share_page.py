@@ -32,15 +32,16 @@ class TooManyRequests(Exception):
 
 
 class SharedVideos:
-    """Looks shared videos up in the api, over one connection pool."""
+    """Looks shared videos up in the api, over one connection pool: in each api of `API_URLS`
+    in turn until one answers (the lookup is a read, safe to ask again elsewhere)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.api_url = settings.api_url
+        self.api_urls = settings.api_urls
         self.frontend_url = settings.frontend_url
         self._http: aiohttp.ClientSession | None = None
 
     async def lookup(self, token: str, *, visitor: str | None) -> dict[str, Any] | None:
-        """The shared video, None when the api says 404; raises on any other failure."""
+        """The shared video, None when the api says 404; raises when no api answers."""
         if self._http is None:
             self._http = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=LOOKUP_TIMEOUT_SECONDS)
@@ -48,7 +49,23 @@ class SharedVideos:
         headers = {"Accept": "application/json"}
         if visitor:
             headers["X-Forwarded-For"] = visitor
-        async with self._http.get(f"{self.api_url}/api/shared/{token}", headers=headers) as answer:
+        *others, last = self.api_urls
+        for api_url in others:
+            try:
+                return await self._ask(api_url, token, headers)
+            except (aiohttp.ClientConnectionError, TimeoutError) as error:
+                logger.warning("shared video lookup: %s unreachable (%s)", api_url, error)
+            except aiohttp.ClientResponseError as error:
+                if error.status < 500:
+                    raise
+                logger.warning("shared video lookup: %s answered %d", api_url, error.status)
+        return await self._ask(last, token, headers)
+
+    async def _ask(
+        self, api_url: str, token: str, headers: dict[str, str]
+    ) -> dict[str, Any] | None:
+        assert self._http is not None
+        async with self._http.get(f"{api_url}/api/shared/{token}", headers=headers) as answer:
             if answer.status == 404:
                 return None
             if answer.status == 429:
