@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.api.harness import RunningApi, running_api
 POSTGRES_ADMIN_DSN = os.environ.get(
     "SORA2_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+SQLITE_TEMPLATE = "migrated-template.db"
 BACKENDS = [
     name
     for name in ("sqlite", "postgresql")
@@ -57,9 +59,10 @@ def database_url(
 ) -> Iterator[str]:
     """A migrated, empty database for this test session (plain URL, as a user would write it)."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'api.db'}"
-        asyncio.run(_migrate("sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")))
-        yield url
+        path = tmp_path_factory.mktemp("sqlite") / "api.db"
+        asyncio.run(_migrate(f"sqlite+aiosqlite:///{path}"))
+        shutil.copyfile(path, path.with_name(SQLITE_TEMPLATE))
+        yield f"sqlite:///{path}"
         return
     name = f"sora2_test_{uuid.uuid4().hex[:12]}"
     asyncio.run(_postgres(f'CREATE DATABASE "{name}"'))
@@ -112,6 +115,13 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
 
 @pytest.fixture
 async def settings(database_url: str, tmp_path: Path) -> Settings:
+    if database_url.startswith("sqlite:///"):
+        # Each test on its own copy of the migrated file: a connection an earlier test left
+        # mid-transaction cannot lock this one out ("database is locked" at set-up in CI).
+        template = Path(database_url.removeprefix("sqlite:///")).with_name(SQLITE_TEMPLATE)
+        own = tmp_path / "own-api.db"
+        shutil.copyfile(template, own)
+        return make_settings(f"sqlite:///{own}", tmp_path)
     made = make_settings(database_url, tmp_path)
     await empty_tables(made.resolved_database_url)
     return made
