@@ -27,6 +27,11 @@ class TcpRelay:
         for writer in list(self._writers):
             writer.transport.abort()
 
+    async def restore(self) -> None:
+        """Listen again, on the same port, after `cut`."""
+        if self._server is None:
+            await self.start()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)

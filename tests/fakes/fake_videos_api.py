@@ -18,6 +18,7 @@ import functools
 import io
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,12 @@ class VideosCall:
     form: dict[str, str] = field(default_factory=dict)
     status: int = 0
     idempotency_key: str | None = None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Decides, per request, whether it meets a fault: returns the answer to send instead (having
+# called the handler itself if the fault comes after the work), or None to answer normally.
+Chaos = Callable[[web.Request, VideosCall, Handler], Awaitable[web.StreamResponse | None]]
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,7 @@ class FakeVideosAPI:
         self.video_bytes = tiny_mp4()
         self.thumbnail_bytes = webp_thumbnail()
         self.calls: list[VideosCall] = []
+        self.chaos: Chaos | None = None  # faults chosen per request (the soak's)
         self.videos: dict[str, FakeVideo] = {}
         self._ids = itertools.count(1)
 
@@ -185,6 +193,10 @@ class FakeVideosAPI:
     async def _answer(
         self, request: web.Request, call: VideosCall, handler: Any
     ) -> web.StreamResponse:
+        if self.chaos is not None and self._refuse_key(call.key) is None:
+            faulted = await self.chaos(request, call, handler)
+            if faulted is not None:
+                return faulted
         if self.stall_seconds:
             await asyncio.sleep(self.stall_seconds)
         if self.server_errors_left > 0:

@@ -456,6 +456,18 @@ def test_retry_after_as_an_http_date_counts_from_now() -> None:
     assert 55 <= wait <= 60
 
 
+@pytest.mark.parametrize("retry_after", [1e11, 1e20])
+def test_a_huge_retry_after_rests_the_key_no_longer_than_the_cap(retry_after: float) -> None:
+    """Seen in the fault soak: `Retry-After: 1e11` rested a worker's only key for ever, so
+    every start, poll and upstream stop of that process was refused until its videos failed."""
+    now = [0.0]
+    pool = KeyPool([ALPHA], clock=lambda: now[0], max_rest_seconds=2.0)
+
+    assert pool.rate_limited(pool.acquire(), retry_after=retry_after) == 2.0
+    now[0] = 2.0
+    pool.acquire()  # awake again
+
+
 def test_calls_in_flight_together_on_a_limited_key_double_its_backoff_once() -> None:
     pool = KeyPool([ALPHA], clock=lambda: 50.0)
     in_flight = [pool.acquire(), pool.acquire(), pool.acquire()]

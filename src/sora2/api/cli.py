@@ -203,7 +203,7 @@ def _user_create(args: argparse.Namespace) -> int:
         database = Database(settings.resolved_database_url)
         try:
             await prepare_schema(database, apply=not settings.is_production)
-            async with database.session() as session:
+            async with database.transaction() as session:
                 user = await create_user(
                     session,
                     passwords=Passwords(memory_kib=settings.password_hash_memory_kib),
@@ -221,7 +221,6 @@ def _user_create(args: argparse.Namespace) -> int:
                     target_id=user.id,
                     after={"email": user.email, "role": user.role, "credits": user.credits},
                 )
-                await session.commit()
                 return user.id
         finally:
             await database.dispose()

@@ -38,10 +38,19 @@ READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
 
 async def get_session(request: Request, context: Context) -> AsyncIterator[AsyncSession]:
-    """GET and HEAD only read (a rule every route keeps), so they get a read session."""
+    """The request's session, and the owner of its transaction.
+
+    GET and HEAD only read (a rule every route keeps), so they get a read session that is
+    never committed. Any other method's transaction is committed here when the endpoint
+    returns, before the response is sent (a failed commit is an error answer, never a success),
+    and rolled back when it raises, so a refusal leaves the database as it found it. Services
+    only flush; `db.transaction` has the hooks and the one deliberate early commit."""
     database = context.database
-    opened = database.read_session() if request.method in READ_ONLY_METHODS else database.session()
-    async with opened as session:
+    if request.method in READ_ONLY_METHODS:
+        async with database.read_session() as session:
+            yield session
+        return
+    async with database.transaction() as session:
         yield session
 
 

@@ -32,6 +32,9 @@ class ErrorBody(BaseModel):
 
 
 class ApiError(Exception):
+    # True for a refusal whose writes must stand: the transaction's owner commits, then answers.
+    keep_transaction = False
+
     def __init__(
         self,
         status: int,

@@ -33,6 +33,7 @@ from sora2.api.admin.schemas import (
 )
 from sora2.api.audit.service import Actor, AuditFilter, list_entries
 from sora2.api.context import ApiContext
+from sora2.api.db import transaction
 from sora2.api.deps import AdminUser, Context, SessionDep
 from sora2.api.errors import ERROR_RESPONSES
 from sora2.api.jobs.models import JOB_STATUSES, Job
@@ -158,7 +159,6 @@ async def adjust_credits(
     user = await service.adjust_credits(
         session, actor=_actor(admin), user_id=user_id, amount=body.amount, reason=body.reason
     )
-    await session.commit()
     return UserOut.model_validate(user)
 
 
@@ -170,7 +170,6 @@ async def change_status(
     user = await service.set_status(
         session, actor=_actor(admin), user_id=user_id, status=body.status, reason=body.reason
     )
-    await session.commit()
     return UserOut.model_validate(user)
 
 
@@ -222,8 +221,7 @@ async def cancel_video(
     video = await service.cancel_video(
         session, actor=_actor(admin), video_id=video_id, reason=body.reason if body else None
     )
-    await session.commit()
-    context.events.notify(video_id)
+    transaction.after_commit(session, lambda: context.events.notify(video_id))
     return AdminVideoOut.model_validate(_columns(video))
 
 
@@ -281,8 +279,7 @@ async def retry_job(
     job = await service.retry_job(
         session, actor=_actor(admin), job_id=job_id, reason=body.reason if body else None
     )
-    await session.commit()
-    context.events.notify(job.video_id)
+    transaction.after_commit(session, lambda: context.events.notify(job.video_id))
     return JobOut.model_validate(_columns(job))
 
 

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from sora2.api.auth import reset
 from sora2.api.auth.schemas import MessageOut
+from sora2.api.db import transaction
 from sora2.api.deps import ClientIp, Context, SessionDep
 from sora2.api.errors import ERROR_RESPONSES
 from sora2.api.schemas import Input
@@ -48,10 +49,12 @@ async def forgot_password(
     )
     ttl = settings.password_reset_ttl_minutes
     issued = await reset.request_reset(session, email=body.email, ttl_minutes=ttl)
-    await session.commit()
     if issued is not None:
-        link = reset.reset_link(settings.frontend_url, issued.token)
-        context.mailer.send_later(reset.reset_mail(issued, link=link, ttl_minutes=ttl))
+        # Mailed once the token is committed: a link to a token that never was is no use.
+        mail = reset.reset_mail(
+            issued, link=reset.reset_link(settings.frontend_url, issued.token), ttl_minutes=ttl
+        )
+        transaction.after_commit(session, lambda: context.mailer.send_later(mail))
     return MessageOut(message=FORGOT_ANSWER)
 
 
@@ -67,8 +70,7 @@ async def reset_password(
         "reset attempts from your address",
     )
     await reset.user_of_token(session, body.token)
-    await session.commit()  # no transaction (on SQLite: no write lock) across the slow hash
+    await transaction.end_before_slow_work(session)  # the slow hash holds no lock
     password_hash = await context.passwords.hash(body.password)
     await reset.reset_password(session, token=body.token, password_hash=password_hash)
-    await session.commit()
     return MessageOut(message="Your password was changed: sign in with it. Every session ended.")

@@ -46,7 +46,6 @@ async def _sign_in(
     issued = await service.start_session(
         session, user_id=user.id, ttl_days=context.settings.refresh_token_ttl_days
     )
-    await session.commit()
     return _session_response(request, response, context, user, issued)
 
 
@@ -130,7 +129,6 @@ async def refresh(
     user = await session.get(User, user_id)
     if user is None or user.status != "active":
         raise unauthorized("This account cannot sign in.")
-    await session.commit()
     return _session_response(request, response, context, user, issued)
 
 
@@ -146,7 +144,6 @@ async def logout(
     session_id = await _session_to_end(request, context, session, body)
     if session_id is not None:
         await service.revoke_session(session, session_id=session_id, reason="logout")
-        await session.commit()
     clear_session_cookies(response, context.settings)
     return MessageOut(message="Signed out.")
 

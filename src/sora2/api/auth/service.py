@@ -13,6 +13,7 @@ from sora2.api.auth.models import AuthSession, RefreshToken
 from sora2.api.auth.security import Passwords, hash_refresh_token, new_refresh_token, refresh_expiry
 from sora2.api.credits.service import apply_change
 from sora2.api.db.base import utcnow
+from sora2.api.db.transaction import end_before_slow_work
 from sora2.api.errors import ApiError, unauthorized
 from sora2.api.users.models import User
 
@@ -41,11 +42,10 @@ async def create_user(
         role=role,
         credits=0,
     )
-    session.add(user)
     try:
-        await session.flush()
+        async with session.begin_nested():  # a taken email undoes this insert, not the caller's
+            session.add(user)
     except IntegrityError:
-        await session.rollback()
         raise ApiError(
             409, "Conflict", "An account with this email already exists: sign in instead."
         ) from None
@@ -63,8 +63,7 @@ async def authenticate(
     user = (
         await session.execute(select(User).where(User.email == email.strip().lower()))
     ).scalar_one_or_none()
-    # End the read before the slow hash: on SQLite an open transaction holds the write lock.
-    await session.commit()
+    await end_before_slow_work(session)  # on SQLite an open transaction holds the write lock
     # Unknown emails verify a decoy hash: a faster answer would reveal who has an account.
     ok = await passwords.verify(password, user.password_hash if user else None)
     if user is None or not ok:
@@ -128,11 +127,12 @@ async def rotate(
     )
     if spent.first() is None and not await _spent_within(session, token.id, reuse_grace_seconds):
         await revoke_session(session, session_id=auth_session.id, reason="refresh_reuse")
-        await session.commit()
-        raise unauthorized(
+        refused = unauthorized(
             "This refresh token was already used, so the session was ended for safety: "
             "sign in again."
         )
+        refused.keep_transaction = True  # the refusal stands on the revocation: commit it
+        raise refused
     new_token = await _add_refresh_token(session, session_id=auth_session.id, ttl_days=ttl_days)
     return auth_session.user_id, IssuedSession(auth_session.id, new_token)
 

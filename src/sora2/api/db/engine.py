@@ -29,6 +29,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from sora2.api.db.transaction import owned
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_READERS = 4
 
@@ -66,6 +68,14 @@ class Database:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session whose transaction this block owns: committed when the block returns,
+        rolled back if it raises (with the hooks of `db.transaction`). The worker, the outbox
+        drain and the CLI write through this; requests through `deps.get_session`."""
+        async with self.sessions() as session, owned(session):
             yield session
 
     @asynccontextmanager

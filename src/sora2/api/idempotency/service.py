@@ -104,18 +104,17 @@ class IdempotentRequest:
         if (replay := await self._replay()) is not None:
             return replay
         await self._forget_expired()
-        self._record = IdempotencyRecord(
-            user_id=self.user_id, key=self.key, fingerprint=self.fingerprint
-        )
-        self.session.add(self._record)
+        record = IdempotencyRecord(user_id=self.user_id, key=self.key, fingerprint=self.fingerprint)
         try:
-            await self.session.flush()  # waits here for a racing request holding the same key
+            # In a savepoint: losing the race undoes this insert only, and the caller's
+            # transaction (owned by the request) goes on to replay the winner's answer.
+            async with self.session.begin_nested():
+                self.session.add(record)  # flushed here: waits for a racer holding the key
         except IntegrityError:
-            await self.session.rollback()
-            self._record = None
             if (replay := await self._replay()) is not None:
                 return replay
             raise
+        self._record = record
         return None
 
     def complete(self, status_code: int, body: dict[str, Any]) -> None:

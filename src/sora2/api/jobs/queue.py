@@ -128,7 +128,7 @@ class JobQueue:
 
     async def _claim_one(self) -> tuple[ClaimedJob | None, bool]:
         """(job, False); (None, False) when nothing is due; (None, True) for a job settled here."""
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             now = await database_now(session)
             query = (
                 select(Job.id)
@@ -165,17 +165,14 @@ class JobQueue:
             if video is None or video.status not in ACTIVE_STATUSES:
                 # Cancelled or deleted: its upstream job (if any) is in the outbox already.
                 await self._finish(session, job_id, "done", "video no longer active", now)
-                await session.commit()
                 return None, True
             ended = self._why_it_ends(video, job.attempts, now)
             if ended is not None:
                 await self._fail_in(session, job_id, video, *ended, now=now)
-                await session.commit()
                 return None, True
             if video.status == "queued":
                 video.status, video.started_at = "in_progress", now
             remix = await _remix_source(session, video)
-            await session.commit()
             seconds_left = (video.created_at + self.deadline - now).total_seconds()
             return self._claimed(job_id, job.attempts, video, seconds_left, remix), False
 
@@ -214,7 +211,7 @@ class JobQueue:
         )
 
     async def renew_lease(self, job: ClaimedJob) -> bool:
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             now = await database_now(session)
             renewed = await session.execute(
                 update(Job)
@@ -224,7 +221,6 @@ class JobQueue:
                 .execution_options(synchronize_session=False)
             )
             held = renewed.first() is not None
-            await session.commit()
             return held
 
     async def _hold(self, session: AsyncSession, job: ClaimedJob) -> datetime:
@@ -239,14 +235,13 @@ class JobQueue:
         )
         if held.first() is None:
             exists = (await session.execute(select(Job.id).where(Job.id == job.job_id))).first()
-            await session.rollback()
             raise (LeaseLost if exists else JobGone)(job.job_id)
         return now
 
     async def prepare_start(self, job: ClaimedJob) -> StartTicket:
         """Before a create is sent: the video's key (made once), and `start_sent_at` stamped if
         it was clear, committed first, so whoever comes next knows a job may exist upstream."""
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             now = await self._hold(session, job)
             key, sent_at = (
                 await session.execute(
@@ -260,21 +255,19 @@ class JobQueue:
                 .values(start_key=key, start_sent_at=sent_at or now)
                 .execution_options(synchronize_session=False)
             )
-            await session.commit()
             return StartTicket(key=key, unsure_since=sent_at)
 
     async def start_refused(self, job: ClaimedJob, ticket: StartTicket) -> None:
         """The provider answered the create with a refusal: no job was made by this attempt."""
         if ticket.unsure_since is not None:
             return  # an earlier create is still unanswered
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             await session.execute(
                 update(Job)
                 .where(Job.id == job.job_id)
                 .values(start_sent_at=None)
                 .execution_options(synchronize_session=False)
             )
-            await session.commit()
 
     async def unheld(self, ids: list[str]) -> list[str]:
         """`ids` less those a live or completed video holds (adoptable upstream jobs)."""
@@ -289,7 +282,7 @@ class JobQueue:
         holds the lease; a job the video cannot use goes to the outbox in the same transaction.
         `unsure_since`: an earlier create was never answered, so a duplicate may appear: a
         search for it is queued too."""
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             now = await database_now(session)
             await session.execute(select(Job.id).where(Job.id == job.job_id).with_for_update())
             video = await session.get(Video, job.video_id, with_for_update=True)
@@ -302,7 +295,6 @@ class JobQueue:
                     provider_job_id=provider_job_id,
                 )
                 await self._clear_start(session, job)
-                await session.commit()
                 return Recorded(None, "gone" if video is None else "inactive")
             if video.provider_job_id not in (None, provider_job_id):
                 await stop_later(
@@ -312,7 +304,6 @@ class JobQueue:
                     run_after=now,
                     provider_job_id=provider_job_id,
                 )
-                await session.commit()
                 return Recorded(video.provider_job_id, "duplicate")
             holder = (
                 await session.execute(
@@ -329,7 +320,6 @@ class JobQueue:
                     .values(start_key=None)
                     .execution_options(synchronize_session=False)
                 )
-                await session.commit()
                 return Recorded(None, "taken")
             video.provider_job_id, video.updated_at = provider_job_id, now
             await self._clear_start(session, job)
@@ -341,7 +331,6 @@ class JobQueue:
                     run_after=now,
                     search=search_for(job.request, unsure_since),
                 )
-            await session.commit()
             return Recorded(provider_job_id, "recorded")
 
     @staticmethod
@@ -355,7 +344,7 @@ class JobQueue:
 
     async def record_progress(self, job: ClaimedJob, progress: int) -> bool:
         """Saves progress; False when the video was cancelled or deleted meanwhile."""
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             await self._hold(session, job)
             changed = await session.execute(
                 update(Video)
@@ -365,12 +354,11 @@ class JobQueue:
                 .execution_options(synchronize_session=False)
             )
             active = changed.first() is not None
-            await session.commit()
             return active
 
     async def complete(self, job: ClaimedJob, *, video_bytes: int) -> bool:
         """Marks the video completed with its files; False if it was cancelled meanwhile."""
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             await self._hold(session, job)
             changed = await session.execute(
                 update(Video)
@@ -391,16 +379,14 @@ class JobQueue:
             await self._finish(
                 session, job.job_id, "done", None if completed else "cancelled", utcnow()
             )
-            await session.commit()
             return completed
 
     async def fail(self, job: ClaimedJob, *, code: str, message: str) -> bool:
         """Fails the video and refunds it in one transaction; False if it was already final."""
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             now = await self._hold(session, job)
             video = await session.get(Video, job.video_id, with_for_update=True)
             failed = await self._fail_in(session, job.job_id, video, code, message, now=now)
-            await session.commit()
             return failed
 
     async def _fail_in(
@@ -448,7 +434,7 @@ class JobQueue:
         self, job: ClaimedJob, *, delay_seconds: float, error: str, spend_attempt: bool = True
     ) -> None:
         """Back to the queue after `delay_seconds`; a mere wait gives its claim back."""
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             now = await self._hold(session, job)
             await session.execute(
                 update(Job)
@@ -463,16 +449,14 @@ class JobQueue:
                 )
                 .execution_options(synchronize_session=False)
             )
-            await session.commit()
 
     async def finish_cancelled(self, job: ClaimedJob) -> None:
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             now = await self._hold(session, job)
             await self._finish(session, job.job_id, "done", "cancelled", now)
-            await session.commit()
 
     async def is_active(self, job: ClaimedJob) -> bool:
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             status = (
                 await session.execute(select(Video.status).where(Video.id == job.video_id))
             ).scalar_one_or_none()
@@ -481,7 +465,7 @@ class JobQueue:
     async def release_all(self) -> None:
         """On a clean stop: our running jobs go back to the queue, to be resumed at once; the
         claim was no fault of the job's, so it gives its attempt back."""
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             now = await database_now(session)
             await session.execute(
                 update(Job)
@@ -495,7 +479,6 @@ class JobQueue:
                 )
                 .execution_options(synchronize_session=False)
             )
-            await session.commit()
 
     @staticmethod
     async def _finish(
@@ -516,7 +499,7 @@ class JobQueue:
 
     async def beat(self, *, hostname: str, pid: int) -> None:
         """Records that this worker is alive (what `/api/health` reports as heartbeat age)."""
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             seen = await session.execute(
                 update(WorkerBeat)
                 .where(WorkerBeat.id == self.worker_id)
@@ -526,9 +509,7 @@ class JobQueue:
             )
             if seen.first() is None:
                 session.add(WorkerBeat(id=self.worker_id, hostname=hostname, pid=pid))
-            await session.commit()
 
     async def forget_worker(self) -> None:
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             await session.execute(delete(WorkerBeat).where(WorkerBeat.id == self.worker_id))
-            await session.commit()

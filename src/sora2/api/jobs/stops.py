@@ -156,7 +156,7 @@ class UpstreamStops:
         return len(rows)
 
     async def _claim(self, limit: int) -> tuple[list[UpstreamStop], datetime]:
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             now = await database_now(session)
             query = (
                 select(UpstreamStop)
@@ -171,7 +171,6 @@ class UpstreamStops:
             rows = list((await session.execute(query)).scalars())
             for row in rows:
                 row.run_after = now + self.claim
-            await session.commit()
             return rows, now
 
     async def _work_on(self, row: UpstreamStop, now: datetime) -> None:
@@ -232,7 +231,7 @@ class UpstreamStops:
         return bool((await session.execute(select(exists(in_flight)))).scalar())
 
     async def _finish(self, row: UpstreamStop) -> None:
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             now = await database_now(session)
             await session.execute(
                 update(UpstreamStop)
@@ -240,7 +239,6 @@ class UpstreamStops:
                 .values(done_at=now, attempts=UpstreamStop.attempts + 1, last_error=None)
                 .execution_options(synchronize_session=False)
             )
-            await session.commit()
 
     async def _postpone(
         self, row: UpstreamStop, why: str, *, until: datetime | None = None
@@ -249,7 +247,7 @@ class UpstreamStops:
         ceiling = min(self.retry_max, self.retry_base * 2 ** min(attempts, 30))
         delay = random.uniform(min(self.retry_base / 2, ceiling), ceiling)
         logger.info("stopping upstream (%s) postponed: %s", row.reason, why)
-        async with self.database.session() as session:
+        async with self.database.transaction() as session:
             now = await database_now(session)
             await session.execute(
                 update(UpstreamStop)
@@ -261,4 +259,3 @@ class UpstreamStops:
                 )
                 .execution_options(synchronize_session=False)
             )
-            await session.commit()

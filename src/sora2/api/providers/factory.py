@@ -52,6 +52,7 @@ def _provider_of_kind(provider: Provider, settings: Settings) -> VideoProvider:
             api_keys=list(provider.keys),
             base_url=provider.base_url,
             timeout_seconds=settings.openai_timeout_ms / 1000,
+            max_rest_seconds=settings.job_retry_after_max_seconds,
             name=provider.name,
             keys_variable=provider.api_keys_env or "OPENAI_API_KEYS",
         )

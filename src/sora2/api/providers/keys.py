@@ -68,6 +68,7 @@ class KeyPool:
         *,
         clock: Callable[[], float] = time.monotonic,
         variable: str = "OPENAI_API_KEYS",
+        max_rest_seconds: float = QUOTA_REST_SECONDS,
     ):
         unique = list(dict.fromkeys(secret.strip() for secret in secrets if secret.strip()))
         if not unique:
@@ -78,6 +79,9 @@ class KeyPool:
         ]
         self._clock = clock
         self._next = 0
+        # A `Retry-After` is obeyed up to this (JOB_RETRY_AFTER_MAX_SECONDS): `1e11` must not
+        # rest the key for ever, refusing every start, poll and upstream stop of this process.
+        self.max_rest_seconds = max_rest_seconds
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -140,6 +144,7 @@ class KeyPool:
             rest = QUOTA_REST_SECONDS
         else:
             rest = key.backoff_seconds
+        rest = min(rest, self.max_rest_seconds)
         key.resting_until = max(key.resting_until, now + rest)
         logger.warning("API key %s rate limited: resting %.1fs", key.label, rest)
         return rest

@@ -44,7 +44,7 @@ from sora2.api.providers.base import (
     ProviderJob,
     ProviderStatus,
 )
-from sora2.api.providers.keys import KeyLease, KeyPool
+from sora2.api.providers.keys import QUOTA_REST_SECONDS, KeyLease, KeyPool
 
 if TYPE_CHECKING:
     from sora2.settings import Settings
@@ -97,9 +97,12 @@ class OpenAIProvider:
         clock: Callable[[], float] = time.monotonic,
         name: str = "openai",
         keys_variable: str = "OPENAI_API_KEYS",
+        max_rest_seconds: float = QUOTA_REST_SECONDS,
     ) -> None:
         self.name = name  # the catalog's name for this provider
-        self._pool = KeyPool(api_keys, clock=clock, variable=keys_variable)
+        self._pool = KeyPool(
+            api_keys, clock=clock, variable=keys_variable, max_rest_seconds=max_rest_seconds
+        )
         self._base_url = base_url.rstrip("/")
         self._timeout_seconds = timeout_seconds
         # One connection pool for every key: keys differ only in their Authorization header.
@@ -113,6 +116,7 @@ class OpenAIProvider:
             api_keys=list(settings.openai_api_keys),
             base_url=settings.openai_base_url,
             timeout_seconds=settings.openai_timeout_ms / 1000,
+            max_rest_seconds=settings.job_retry_after_max_seconds,
         )
 
     async def start(self, request: GenerationRequest, *, idempotency_key: str | None = None) -> str:

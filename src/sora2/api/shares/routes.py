@@ -39,7 +39,6 @@ async def share_video(
     The link is shown this once (only a hash of its token is kept)."""
     video = await get_own(session, user_id=user.id, video_id=video_id)
     token, share = await service.create(session, video=video)
-    await session.commit()
     return ShareCreated(
         url=f"{context.settings.frontend_url}/s/{token}",
         token=token,
@@ -61,7 +60,6 @@ async def revoke_share(video_id: str, user: CurrentUser, session: SessionDep) ->
     """The link stops working at once (204 also when there was none)."""
     await get_own(session, user_id=user.id, video_id=video_id)
     await service.revoke(session, video_id=video_id)
-    await session.commit()
     return Response(status_code=204)
 
 

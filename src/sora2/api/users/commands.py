@@ -20,30 +20,27 @@ async def list_users(database: Database, *, search: str | None, limit: int) -> l
 
 
 async def set_role(database: Database, *, who: str, role: str, reason: str | None) -> User:
-    async with database.session() as session:
+    async with database.transaction() as session:
         user = await service.find_user(session, who)
         changed = await service.set_role(
             session, actor=Actor.command_line(), user_id=user.id, role=role, reason=reason
         )
-        await session.commit()
         return changed
 
 
 async def set_status(database: Database, *, who: str, status: str, reason: str | None) -> User:
-    async with database.session() as session:
+    async with database.transaction() as session:
         user = await service.find_user(session, who)
         changed = await service.set_status(
             session, actor=Actor.command_line(), user_id=user.id, status=status, reason=reason
         )
-        await session.commit()
         return changed
 
 
 async def add_credits(database: Database, *, who: str, amount: int, reason: str) -> User:
-    async with database.session() as session:
+    async with database.transaction() as session:
         user = await service.find_user(session, who)
         changed = await service.adjust_credits(
             session, actor=Actor.command_line(), user_id=user.id, amount=amount, reason=reason
         )
-        await session.commit()
         return changed

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from sora2.api.auth import service as auth_service
 from sora2.api.auth.schemas import MessageOut
+from sora2.api.db import transaction
 from sora2.api.deps import Context, CurrentSession, CurrentUser, SessionDep
 from sora2.api.errors import ERROR_RESPONSES, ApiError
 from sora2.api.users.schemas import PasswordChange, ProfileUpdate, UserOut
@@ -22,7 +23,6 @@ async def profile(user: CurrentUser) -> UserOut:
 async def update_profile(body: ProfileUpdate, user: CurrentUser, session: SessionDep) -> UserOut:
     """Change your nickname."""
     user.nickname = body.nickname
-    await session.commit()
     return UserOut.model_validate(user)
 
 
@@ -32,7 +32,7 @@ async def change_password(
 ) -> MessageOut:
     """Change your password; every other signed-in session ends, this one stays."""
     user, session_id = current
-    await session.commit()  # no transaction (on SQLite: no write lock) across the slow hashes
+    await transaction.end_before_slow_work(session)  # the slow hashes hold no lock
     if not await context.passwords.verify(body.current_password, user.password_hash):
         raise ApiError(
             400,
@@ -42,5 +42,4 @@ async def change_password(
         )
     user.password_hash = await context.passwords.hash(body.new_password)
     await auth_service.revoke_other_sessions(session, user_id=user.id, keep=session_id)
-    await session.commit()
     return MessageOut(message="Password changed; your other sessions were signed out.")

@@ -17,6 +17,7 @@ from starlette.formparsers import MultiPartException
 
 from sora2.api import live
 from sora2.api.context import ApiContext
+from sora2.api.db import transaction
 from sora2.api.deps import (
     CallerDep,
     Context,
@@ -100,8 +101,11 @@ async def _create(
         session, user_id=user_id, prompt=body.prompt, choice=choice, remix_of=remix_of
     )
     if fitted is not None:
-        video.input_reference_key = images.reference_key(user_id, video.id)
-        await images.store_reference(context.storage, video.input_reference_key, fitted.data)
+        key = video.input_reference_key = images.reference_key(user_id, video.id)
+        # Stored before the commit (a worker may claim the video at once): if the commit does
+        # not happen, no row names the file, so it goes too.
+        transaction.on_rollback(session, lambda: context.storage.delete(key))
+        await images.store_reference(context.storage, key, fitted.data)
     created = VideoCreated.model_validate(
         {
             **VideoOut.model_validate(video).model_dump(),
@@ -111,13 +115,7 @@ async def _create(
     )
     if idempotent is not None:
         idempotent.complete(202, created.model_dump(mode="json", by_alias=True))
-    try:
-        await session.commit()
-    except BaseException:
-        if video.input_reference_key is not None:
-            await context.storage.delete(video.input_reference_key)
-        raise
-    return created
+    return created  # committed by the request's session (deps.get_session) before it is sent
 
 
 _FORM_FIELDS_ALLOWANCE = 64 * 1024  # multipart boundaries, headers and the text fields
@@ -292,7 +290,7 @@ async def delete_video(
 ) -> Response:
     """Delete a video and its files (one still in the works is cancelled and refunded first)."""
     await service.delete(session, storage=context.storage, user_id=user.id, video_id=video_id)
-    context.events.notify(video_id)
+    transaction.after_commit(session, lambda: context.events.notify(video_id))
     return Response(status_code=204)
 
 
@@ -302,7 +300,7 @@ async def cancel_video(
 ) -> VideoOut:
     """Stop a queued or running video and refund its credits (exactly once)."""
     video = await service.cancel(session, user_id=user.id, video_id=video_id)
-    context.events.notify(video_id)
+    transaction.after_commit(session, lambda: context.events.notify(video_id))
     return VideoOut.model_validate(video)
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from sora2.api.credits.service import charge, refund
+from sora2.api.db import transaction
 from sora2.api.db.base import utcnow
 from sora2.api.errors import ApiError, not_found
 from sora2.api.jobs.models import Job
@@ -235,7 +236,6 @@ async def cancel_if_active(session: AsyncSession, *, user_id: str, video_id: str
         )
     ).first()
     if row is None:
-        await session.rollback()
         return False
     await refund(session, user_id=user_id, amount=row.cost, video_id=video_id, why="Cancelled")
     # Its upstream job (if one was made, or may have been) goes to the outbox that workers drain.
@@ -250,7 +250,7 @@ async def cancel_if_active(session: AsyncSession, *, user_id: str, video_id: str
         .values(status="done", finished_at=utcnow(), last_error="cancelled")
         .execution_options(synchronize_session=False)
     )
-    await session.commit()
+    await session.flush()
     session.expire_all()
     return True
 
@@ -265,5 +265,6 @@ async def delete(session: AsyncSession, *, storage: Storage, user_id: str, video
     keys = [key for key in (video.video_key, video.thumbnail_key, video.input_reference_key) if key]
     await _lock_job_first(session, video_id)  # deleting the video deletes its job too
     await session.delete(video)
-    await session.commit()
-    await storage.forget(keys)
+    await session.flush()
+    # The files go once no row names them any more: never if the delete rolls back.
+    transaction.after_commit(session, lambda: storage.forget(keys))
