@@ -69,8 +69,10 @@ class RunningApi:
 
 
 @asynccontextmanager
-async def running_api(settings: Settings, provider: VideoProvider) -> AsyncIterator[RunningApi]:
-    app = create_app(settings, provider=provider)
+async def running_api(
+    settings: Settings, provider: VideoProvider, *, hot_routes: bool = True
+) -> AsyncIterator[RunningApi]:
+    app = create_app(settings, provider=provider, hot_routes=hot_routes)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on"
     )

@@ -28,6 +28,7 @@ async def _caller_with_a_video(api: RunningApi) -> tuple[str, str, list[str]]:
         f"/api/videos/{video['id']}/thumbnail",
         "/api/credits/balance",
         "/api/credits/transactions",
+        "/api/auth/me",
     ]
     for path in paths:  # each answers the caller (a queued video has no files yet: 409)
         status, _, _ = await api.request("GET", path, token=token)

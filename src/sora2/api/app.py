@@ -26,6 +26,7 @@ from sora2.api.credits.routes import router as credits_router
 from sora2.api.db.migrate import prepare_schema
 from sora2.api.errors import install_error_handlers
 from sora2.api.health.routes import router as health_router
+from sora2.api.hot_routes import HotRoutes
 from sora2.api.middleware import RequestContextMiddleware
 from sora2.api.providers.base import VideoProvider
 from sora2.api.shares.routes import owner_router as share_owner_router
@@ -37,7 +38,11 @@ from sora2.settings import Settings
 logger = logging.getLogger("sora2.api")
 
 
-def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, *, provider: VideoProvider | None = None, hot_routes: bool = True
+) -> FastAPI:
+    """The api. `hot_routes=False` leaves every request to FastAPI's routes: tests compare the
+    two paths' answers."""
     context = ApiContext.build(settings)
 
     @contextlib.asynccontextmanager
@@ -45,6 +50,8 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
         await prepare_schema(context.database, apply=not settings.is_production)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(context.database.dispose)
+            if context.rows is not None:
+                stack.push_async_callback(context.rows.close)
             stack.push_async_callback(context.mailer.drain)
             await stack.enter_async_context(context.live.running())
             context.provider = provider or _provider_for_health(context)
@@ -96,6 +103,9 @@ def create_app(settings: Settings, *, provider: VideoProvider | None = None) -> 
     async def openapi_document() -> JSONResponse:
         return JSONResponse(app.openapi())
 
+    if hot_routes and context.rows is not None:
+        # Innermost of our middleware: the hot routes' answers get CORS, ids, logs and metrics.
+        app.add_middleware(HotRoutes, context=context, rows=context.rows)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=[settings.frontend_origin],

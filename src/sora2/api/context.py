@@ -8,6 +8,7 @@ from sora2.api.auth.client_ip import ClientAddress
 from sora2.api.auth.ratelimit import RateLimiter, rate_limiter
 from sora2.api.auth.security import AccessTokens, Passwords
 from sora2.api.db import Database
+from sora2.api.db.rows import Rows, rows_for
 from sora2.api.events import VideoEvents
 from sora2.api.live import LiveProgress
 from sora2.api.mail import Mailer
@@ -32,6 +33,8 @@ class ApiContext:
     live: LiveProgress
     events: VideoEvents
     metrics: ApiMetrics
+    # The hot routes' driver-level reads (None: an in-memory SQLite database).
+    rows: Rows | None = None
     provider: VideoProvider | None = None
 
     @classmethod
@@ -61,6 +64,7 @@ class ApiContext:
             ),
             events=events,
             metrics=metrics,
+            rows=rows_for(database.url, counted=metrics.database_queries.inc),
         )
 
 

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 
 from sora2.api.deps import Context
 from sora2.api.errors import ERROR_RESPONSES
+from sora2.catalog import Catalog
 
 router = APIRouter(prefix="/api/models", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -32,4 +33,8 @@ class ModelList(BaseModel):
 async def list_models(context: Context) -> ModelList:
     """Every model you may pick: its lengths, sizes, price per second and what it accepts.
     Open to anyone (the pricing page shows it before sign-in)."""
-    return ModelList(items=[ModelOut(**item) for item in context.catalog.public()])
+    return model_list(context.catalog)
+
+
+def model_list(catalog: Catalog) -> ModelList:
+    return ModelList(items=[ModelOut(**item) for item in catalog.public()])

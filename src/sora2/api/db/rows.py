@@ -1,0 +1,168 @@
+"""Reads with the database driver itself, for the api's hot routes (`sora2.api.hot_routes`).
+
+A signed-in read through SQLAlchemy costs more CPU in statement execution, result processing and
+connection upkeep than in the rest of the request: on PostgreSQL every checkout pings and every
+read runs BEGIN … ROLLBACK; on SQLite each statement is three or four hops to aiosqlite's thread.
+`Rows` runs one plain SQL statement and hands back plain tuples:
+
+- PostgreSQL: an asyncpg pool of its own. asyncpg prepares each statement once per connection
+  and caches it; a checkout neither pings nor opens a transaction, and the release skips
+  asyncpg's reset query (these connections never change session state: they only SELECT).
+- SQLite: one read-only stdlib `sqlite3` connection, used on the event loop's own thread. A
+  read of a few rows by index takes microseconds, less than a hop to a thread would; in WAL mode
+  a reader never waits for a writer (the busy timeout only covers a checkpoint's brief lock).
+
+Statements are written once with `:name` parameters (`Statement`), which sqlite3 takes as they
+are and which become `$1, $2…` for asyncpg. Timestamps come back as the driver has them (aware
+datetimes from asyncpg, ISO text from SQLite): `utc` reads either.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy.engine import make_url
+
+from sora2.api.db.engine import SQLITE_BUSY_TIMEOUT_MS
+
+# What asyncpg's pool of hot reads may open per process, beside SQLAlchemy's pool (10 + 10).
+POSTGRES_HOT_CONNECTIONS = 8
+
+_PARAMETER = re.compile(r"(?<!:):([a-z_]+)")
+
+
+class Statement:
+    """One SQL statement with `:name` parameters, in each driver's own form."""
+
+    __slots__ = ("names", "numbered", "sql")
+
+    def __init__(self, sql: str) -> None:
+        self.sql = " ".join(sql.split())
+        self.names: tuple[str, ...] = tuple(dict.fromkeys(_PARAMETER.findall(self.sql)))
+        position = {name: f"${index}" for index, name in enumerate(self.names, start=1)}
+        self.numbered = _PARAMETER.sub(lambda match: position[match.group(1)], self.sql)
+
+    def arguments(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(params[name] for name in self.names)
+
+
+Row = Sequence[Any]
+
+
+class Rows(Protocol):
+    async def one(self, statement: Statement, params: Mapping[str, Any]) -> Row | None:
+        """The first row the statement returns, or None."""
+
+    async def all(self, statement: Statement, params: Mapping[str, Any]) -> list[Row]:
+        """Every row the statement returns."""
+
+    async def close(self) -> None:
+        """Closes the driver's connections."""
+
+
+def utc(value: datetime | str | None) -> datetime | None:
+    """A timestamp column as an aware UTC datetime (SQLite keeps naive UTC text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class SqliteRows:
+    """Reads on one read-only sqlite3 connection, on the calling (event loop's) thread."""
+
+    def __init__(self, path: str, *, counted: Callable[[], None]) -> None:
+        self._path = path
+        self._counted = counted
+        self._connection: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        # Opened at first use: the schema is migrated at start, after this object is built.
+        connection = sqlite3.connect(
+            f"file:{self._path}?mode=ro",
+            uri=True,
+            isolation_level=None,  # autocommit: each read sees what was committed before it
+            check_same_thread=False,  # built on one thread, used on the loop's
+            cached_statements=64,
+        )
+        connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        connection.execute("PRAGMA query_only=ON")
+        self._connection = connection
+        return connection
+
+    async def one(self, statement: Statement, params: Mapping[str, Any]) -> Row | None:
+        self._counted()
+        connection = self._connection or self._connect()
+        row: Row | None = connection.execute(statement.sql, params).fetchone()
+        return row
+
+    async def all(self, statement: Statement, params: Mapping[str, Any]) -> list[Row]:
+        self._counted()
+        connection = self._connection or self._connect()
+        return connection.execute(statement.sql, params).fetchall()
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class PostgresRows:
+    """Reads through an asyncpg pool of their own (`POSTGRES_HOT_CONNECTIONS`)."""
+
+    def __init__(self, dsn: str, *, counted: Callable[[], None]) -> None:
+        self._dsn = dsn
+        self._counted = counted
+        self._pool: Any = None
+
+    async def _connected(self) -> Any:
+        if self._pool is None:
+            import asyncpg  # type: ignore[import-untyped]
+
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=POSTGRES_HOT_CONNECTIONS,
+                # SELECTs only: nothing to reset on release (asyncpg's default costs a round trip).
+                reset=_nothing_to_reset,
+                server_settings={"application_name": "sora2-api-hot-reads"},
+            )
+        return self._pool
+
+    async def one(self, statement: Statement, params: Mapping[str, Any]) -> Row | None:
+        self._counted()
+        pool = self._pool or await self._connected()
+        row: Row | None = await pool.fetchrow(statement.numbered, *statement.arguments(params))
+        return row
+
+    async def all(self, statement: Statement, params: Mapping[str, Any]) -> list[Row]:
+        self._counted()
+        pool = self._pool or await self._connected()
+        rows: list[Row] = await pool.fetch(statement.numbered, *statement.arguments(params))
+        return rows
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+async def _nothing_to_reset(_connection: Any) -> None:
+    return None
+
+
+def rows_for(url: str, *, counted: Callable[[], None]) -> Rows | None:
+    """The driver-level reader for the database at `url` (a SQLAlchemy URL); None for an
+    in-memory SQLite database, which no second connection can see."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            return None
+        return SqliteRows(parsed.database, counted=counted)
+    dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    return PostgresRows(dsn, counted=counted)
