@@ -119,6 +119,7 @@ def api_environment(database_url: str, workdir: Path, port: int) -> dict[str, st
         "API_PORT": str(port),
         "API_EMBEDDED_WORKER": "false",
         "SIGNUP_CREDITS": "1000000",
+        "GENERATE_LIMIT_PER_USER": "1000000",  # the create figure measures creates, not 429s
         "LOG_LEVEL": "WARNING",
     }
 

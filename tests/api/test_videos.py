@@ -232,3 +232,23 @@ async def test_unfinished_video_has_no_content_yet(api: RunningApi) -> None:
     status, body, _ = await api.request("GET", f"/api/videos/{video['id']}/content", token=token)
     assert status == 409
     assert body["details"] == {"status": "queued"}
+
+
+async def test_more_creates_at_once_than_database_connections_all_succeed(
+    settings: Settings, provider: ScriptedProvider
+) -> None:
+    """Each create holds one pooled connection (its account is read first) while the generate
+    limit is counted: counted on a connection of that same pool, 20 creates at once held all 20
+    and each waited for another until the pool's 30 s timeout, then answered 500."""
+    rich = settings.model_copy(update={"signup_credits": 10_000})
+    async with running_api(rich, provider) as api:
+        token, _ = await api.register()
+        body = {"prompt": "A crowd of kites", "seconds": 4}
+
+        async def create() -> int:
+            status, _, _ = await api.request("POST", "/api/videos", token=token, json=body)
+            return status
+
+        creates = asyncio.gather(*(create() for _ in range(40)))
+        statuses = await asyncio.wait_for(creates, timeout=20)
+    assert statuses.count(202) == 40, statuses

@@ -42,6 +42,7 @@ class ApiContext:
         database = database or Database(settings.resolved_database_url)
         events, metrics = VideoEvents(), ApiMetrics()
         metrics.count_statements(database)
+        rows = rows_for(database.url, counted=metrics.database_queries.inc)
         return cls(
             settings=settings,
             database=database,
@@ -50,7 +51,7 @@ class ApiContext:
                 secret=settings.resolved_jwt_secret(),
                 ttl_seconds=settings.access_token_ttl_seconds,
             ),
-            limiter=rate_limiter(database, window_seconds=settings.rate_limit_window_seconds),
+            limiter=rate_limiter(database, rows, window_seconds=settings.rate_limit_window_seconds),
             client_address=ClientAddress(settings.proxy_trusted_proxies),
             storage=media_storage(settings),
             mailer=Mailer.from_settings(settings),
@@ -64,7 +65,7 @@ class ApiContext:
             ),
             events=events,
             metrics=metrics,
-            rows=rows_for(database.url, counted=metrics.database_queries.inc),
+            rows=rows,
         )
 
 

@@ -17,12 +17,12 @@ import time
 from collections import deque
 from typing import Protocol
 
-from sqlalchemy import BigInteger, Integer, String, delete, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import BigInteger, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sora2.api.db import Database
 from sora2.api.db.base import Base
+from sora2.api.db.rows import Rows, Statement
 from sora2.api.errors import ApiError
 
 SWEEP_EVERY = 1_000
@@ -105,11 +105,32 @@ class RateLimitCounter(Base):
     hits: Mapped[int] = mapped_column(Integer)
 
 
-class DatabaseRateLimiter:
-    """Limits shared by every api process through PostgreSQL."""
+# One more attempt in the current window, and both windows' counts, in one round trip.
+_COUNT_ONE_MORE = Statement(
+    "WITH counted AS (INSERT INTO rate_limit_counters (key, window_start, hits) "
+    "VALUES (:key, :start, 1) ON CONFLICT (key, window_start) "
+    "DO UPDATE SET hits = rate_limit_counters.hits + 1 RETURNING hits) "
+    "SELECT (SELECT hits FROM rate_limit_counters WHERE key = :key AND window_start = :previous), "
+    "(SELECT hits FROM counted)"
+)
+_COUNTS = Statement(
+    "SELECT (SELECT hits FROM rate_limit_counters WHERE key = :key AND window_start = :previous), "
+    "(SELECT hits FROM rate_limit_counters WHERE key = :key AND window_start = :start)"
+)
+_SWEEP = Statement("DELETE FROM rate_limit_counters WHERE window_start < :previous")
 
-    def __init__(self, database: Database, *, window_seconds: int) -> None:
-        self.database = database
+
+class DatabaseRateLimiter:
+    """Limits shared by every api process through PostgreSQL.
+
+    Counted on the driver's own pool (`Rows`), never on the request's: a request that holds a
+    connection of SQLAlchemy's pool (a create has read the caller's account by then) must not
+    wait for a second one from the same pool, or twenty such requests at once hold every
+    connection and each waits for a twenty-first until the pool's timeout (30 s, then 500s).
+    """
+
+    def __init__(self, rows: Rows, *, window_seconds: int) -> None:
+        self.rows = rows
         self.window = window_seconds
         self._calls = 0
 
@@ -120,35 +141,16 @@ class DatabaseRateLimiter:
 
     async def _count(self, key: str, *, add: bool) -> tuple[int, int, float]:
         """(previous window's hits, current window's hits, elapsed fraction), adding one first
-        when `add`: one transaction, the upsert atomic whatever other processes do meanwhile."""
+        when `add`: one statement, the upsert atomic whatever other processes do meanwhile."""
         key = key[:KEY_MAX_LENGTH]
         start, elapsed = self._windows(time.time())
-        async with self.database.engine.begin() as connection:
-            current = 0
-            if add:
-                upsert = (
-                    insert(RateLimitCounter)
-                    .values(key=key, window_start=start, hits=1)
-                    .on_conflict_do_update(
-                        index_elements=["key", "window_start"],
-                        set_={"hits": RateLimitCounter.hits + 1},
-                    )
-                    .returning(RateLimitCounter.hits)
-                )
-                current = int((await connection.execute(upsert)).scalar_one())
-            rows = await connection.execute(
-                select(RateLimitCounter.window_start, RateLimitCounter.hits).where(
-                    RateLimitCounter.key == key,
-                    RateLimitCounter.window_start.in_([start, start - self.window]),
-                )
-            )
-            counts = {start_of: hits for start_of, hits in rows}
-        if not add:
-            current = counts.get(start, 0)
+        params = {"key": key, "start": start, "previous": start - self.window}
+        row = await self.rows.one(_COUNT_ONE_MORE if add else _COUNTS, params)
+        previous, current = row if row is not None else (None, None)
         self._calls += 1
         if self._calls % SWEEP_EVERY == 0:
-            await self._sweep(start)
-        return counts.get(start - self.window, 0), current, elapsed
+            await self.rows.one(_SWEEP, {"previous": start - self.window})
+        return previous or 0, current or 0, elapsed
 
     def _retry_after(self, previous: int, current: int, elapsed: float, limit: int) -> float:
         """Seconds until the weighted count falls below `limit` again."""
@@ -176,17 +178,9 @@ class DatabaseRateLimiter:
     async def record(self, key: str) -> None:
         await self._count(key, add=True)
 
-    async def _sweep(self, current_start: int) -> None:
-        async with self.database.engine.begin() as connection:
-            await connection.execute(
-                delete(RateLimitCounter).where(
-                    RateLimitCounter.window_start < current_start - self.window
-                )
-            )
 
-
-def rate_limiter(database: Database, *, window_seconds: int) -> RateLimiter:
+def rate_limiter(database: Database, rows: Rows | None, *, window_seconds: int) -> RateLimiter:
     """Shared through the database on PostgreSQL; per process on SQLite (see the module doc)."""
-    if database.is_sqlite:
+    if database.is_sqlite or rows is None:
         return MemoryRateLimiter(window_seconds=window_seconds)
-    return DatabaseRateLimiter(database, window_seconds=window_seconds)
+    return DatabaseRateLimiter(rows, window_seconds=window_seconds)
