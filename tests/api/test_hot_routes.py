@@ -110,14 +110,18 @@ async def _statements(api: RunningApi) -> float:
     return float(match.group(1))
 
 
-async def test_a_video_read_is_one_statement_session_check_included(api: RunningApi) -> None:
+@pytest.mark.parametrize("route", ["", "/events"])
+async def test_a_video_read_is_one_statement_session_check_included(
+    api: RunningApi, route: str
+) -> None:
     token, _ = await api.register()
     _, video, _ = await api.request("POST", "/api/videos", token=token, json=CREATE)
+    await _set(api.settings, video["id"], status="failed")  # its event stream ends at once
     # What a /metrics request itself costs in statements, measured the same way.
     idle = -(await _statements(api)) + await _statements(api)
     before = await _statements(api)
     for _ in range(10):
-        status, _, _ = await api.request("GET", f"/api/videos/{video['id']}", token=token)
+        status, _, _ = await api.request("GET", f"/api/videos/{video['id']}{route}", token=token)
         assert status == 200
     assert await _statements(api) - before - idle == 10
 
@@ -133,3 +137,93 @@ async def test_refusals_and_odd_queries_are_still_the_routes_own(api: RunningApi
         assert status == 422, query
     status, body, _ = await api.request("GET", "/api/credits/balance", token="not-a-token")
     assert status == 401
+
+
+_WRITTEN_AT = {"id", "video_id", "created_at", "updated_at", "run_after", "balance_after"}
+
+
+async def _rows_of(settings: Settings, video_id: str) -> list[dict[str, object]]:
+    """The video's row, its job's and its ledger row's, without ids and times."""
+    from sqlalchemy import select
+
+    from sora2.api.credits.models import CreditTransaction
+    from sora2.api.jobs.models import Job
+
+    database = Database(settings.resolved_database_url)
+    try:
+        async with database.read_connection() as connection:
+            found = []
+            for table, column in (
+                (Video.__table__, Video.id),
+                (Job.__table__, Job.video_id),
+                (CreditTransaction.__table__, CreditTransaction.video_id),
+            ):
+                row = (await connection.execute(select(table).where(column == video_id))).one()
+                found.append({k: v for k, v in row._asdict().items() if k not in _WRITTEN_AT})
+            return found
+    finally:
+        await database.dispose()
+
+
+async def test_a_hot_create_answers_and_writes_what_the_route_does(
+    api: RunningApi, plain_api: RunningApi
+) -> None:
+    token, _ = await api.register()
+    answers = []
+    for running in (api, plain_api):
+        status, body, _ = await running.request("POST", "/api/videos", token=token, json=CREATE)
+        assert status == 202, body
+        answers.append(body)
+    hot, plain = answers
+    ids = [hot["id"], plain["id"]]
+    assert list(hot) == list(plain)  # the same fields in the same order
+    assert plain["balance"] == hot["balance"] - hot["cost"]
+    for name in ("id", "createdAt", "updatedAt", "balance"):
+        del hot[name], plain[name]
+    assert hot == plain
+    hot_rows = await _rows_of(api.settings, ids[0])
+    assert hot_rows == await _rows_of(api.settings, ids[1])
+
+
+_PER_EXCHANGE = {"date", "x-request-id", "server"}
+
+
+async def _exchange(running: RunningApi, path: str, headers: dict[str, str]) -> tuple[object, ...]:
+    async with running.http.get(running.url + path, headers=headers) as response:
+        kept = sorted((k.lower(), v) for k, v in response.headers.items())
+        kept = [(k, v) for k, v in kept if k not in _PER_EXCHANGE]
+        body = await response.read()
+    if b"requestId" in body:  # an error: its request id is per exchange
+        body = re.sub(rb'"requestId":"[^"]*"', b"", body)
+    return response.status, kept, body
+
+
+async def test_files_and_finished_event_streams_are_served_as_the_routes_serve_them(
+    api: RunningApi, plain_api: RunningApi
+) -> None:
+    from sora2.api.context import media_storage
+
+    token, _ = await api.register()
+    ids = await _videos_in_every_shape(api, token)
+    storage = media_storage(api.settings)
+    await storage.put_bytes("videos/x.mp4", b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    await storage.put_bytes("videos/x.jpg", b"\xff\xd8\xff\xe0" + b"jpeg" * 100)
+    completed, queued, failed = ids[1], ids[0], ids[2]
+    auth = {"Authorization": f"Bearer {token}"}
+    cases = [
+        (f"/api/videos/{completed}/content", auth),
+        (f"/api/videos/{completed}/content", auth | {"Range": "bytes=0-1023"}),
+        (f"/api/videos/{completed}/content", auth | {"Range": "bytes=99999-"}),
+        (f"/api/videos/{completed}/content", auth | {"Range": "lines=1-2"}),
+        (f"/api/videos/{completed}/content?download=1", auth),
+        (f"/api/videos/{completed}/thumbnail", auth),
+        (f"/api/videos/{queued}/thumbnail", auth),
+        (f"/api/videos/{completed}/events", auth),
+        (f"/api/videos/{failed}/events", auth),
+        (f"/api/videos/{completed}/events", auth | {"Last-Event-ID": "completed-100-done"}),
+        (f"/api/videos/{completed}/events", {"Authorization": "Bearer nope"}),
+    ]
+    for path, headers in cases:
+        hot = await _exchange(api, path, headers)
+        assert hot == await _exchange(plain_api, path, headers), (path, headers)
+    assert hot[0] == 401  # the last case: refusals are the route's own

@@ -23,19 +23,34 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from starlette.requests import cookie_parser
-from starlette.types import ASGIApp, Receive, Scope, Send
+from pydantic import ValidationError
+from starlette.datastructures import Headers
+from starlette.requests import Request, cookie_parser
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sora2.api import live
 from sora2.api.auth import reads as account
 from sora2.api.catalog.routes import model_list
 from sora2.api.context import ApiContext
 from sora2.api.credits import reads as ledger
-from sora2.api.db.rows import Rows, utc
+from sora2.api.credits.service import insufficient_credits
+from sora2.api.db.rows import Row, Rows, utc
 from sora2.api.deps import ACCESS_COOKIE
+from sora2.api.errors import ApiError, error_response
+from sora2.api.videos import creates
 from sora2.api.videos import reads as videos
+from sora2.api.videos import service as video_rules
+from sora2.api.videos.routes import (
+    PRIVATE_FILE_CACHE,
+    completed_file_response,
+    video_events_response,
+)
+from sora2.api.videos.schemas import VideoCreate
+from sora2.catalog import PROMPT_MAX_CHARS
 
 Params = dict[str, Any]
-Answer = Callable[["HotRoutes", Scope, dict[str, str]], Awaitable[bytes | None]]
+# A hot route's answer: JSON to send with 200, another response, or None (FastAPI decides).
+Answer = Callable[["HotRoutes", Scope, dict[str, str]], Awaitable[bytes | ASGIApp | None]]
 
 PAGE_MAX = 100_000
 LIMIT_MAX = 100
@@ -103,6 +118,70 @@ def _paging(query: dict[str, str]) -> tuple[int, int] | None:
     return None if page is None or limit is None else (page, limit)
 
 
+def _refused(refusal: ApiError) -> ASGIApp:
+    """A refusal this layer decided (after counting or reading), in the one error shape."""
+    return error_response(
+        refusal.status, refusal.error, refusal.message, refusal.details, refusal.headers
+    )
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# A create's body is a prompt of at most PROMPT_MAX_CHARS and three short fields.
+CREATE_BODY_MAX_BYTES = 4 * PROMPT_MAX_CHARS + 1024
+
+
+def _plain_create(scope: Scope) -> bool:
+    """A JSON create without an Idempotency-Key (keyed ones replay: the route's business)."""
+    content_type = b""
+    for name, value in scope["headers"]:
+        if name == b"idempotency-key":
+            return False
+        if name == b"content-type":
+            content_type = value
+    return content_type.split(b";")[0].strip().lower() == b"application/json"
+
+
+async def _read_small_body(receive: Receive) -> tuple[bytes, bool]:
+    """What the client sent, and whether that is its whole body (not when it is longer than a
+    create's can be: the route reads the rest, and refuses it)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False  # the client left; the route sees the same
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > CREATE_BODY_MAX_BYTES:
+            return b"".join(chunks), False
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+
+
+def _replaying(body: bytes, whole: bool, receive: Receive) -> Receive:
+    """`receive` for the route, starting with the bytes this layer already read."""
+    pending = [{"type": "http.request", "body": body, "more_body": not whole}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+def _video_fields(body: bytes) -> VideoCreate | None:
+    """The body as the route would validate it, or None for the route to refuse."""
+    try:
+        return VideoCreate.model_validate(orjson.loads(body))
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
+
+
 _PAGING = frozenset({"page", "limit"})
 _LISTING = frozenset({"page", "limit", "status"})
 
@@ -118,45 +197,141 @@ class HotRoutes:
         self.prices = context.catalog.prices()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "POST" and scope["path"] == "/api/videos":
+            await self.create(scope, receive, send)
+            return
+        if scope["method"] == "GET":
             route = self._route(scope["path"])
             if route is not None:
                 template, answer, path_params = route
-                body = await answer(self, scope, path_params)
-                if body is not None:
+                found = await answer(self, scope, path_params)
+                if isinstance(found, bytes):
                     scope["route"] = template
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 200,
-                            "headers": [
-                                *_JSON_HEADERS,
-                                (b"content-length", str(len(body)).encode()),
-                            ],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body})
+                    await _send_json(send, 200, found)
+                    return
+                if found is not None:
+                    scope["route"] = template
+                    await found(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+    async def create(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`POST /api/videos` with a JSON body and no `Idempotency-Key`: checked and validated
+        as the route does, then charged and queued in one transaction of four statements.
+        Until something is counted or written, anything unusual goes on to the route."""
+        if not _plain_create(scope):
+            await self.app(scope, receive, send)
+            return
+        body, whole = await _read_small_body(receive)
+        params = _signed_in(scope, self.context) if whole else None
+        fields = None if params is None else _video_fields(body)
+        live = None if fields is None or params is None else await self._live(params)
+        if fields is None or params is None or not live:
+            await self.app(scope, _replaying(body, whole, receive), send)
+            return
+        scope["route"] = _CREATE
+        try:
+            created = await self._charge_and_queue(params["user_id"], fields)
+        except ApiError as refusal:
+            await _refused(refusal)(scope, receive, send)
+            return
+        await _send_json(send, 202, _json(creates.created_json(created)))
+
+    async def _live(self, params: Params) -> bool:
+        return await self.rows.one(account.CREDITS, params) is not None
+
+    async def _charge_and_queue(self, user_id: str, fields: VideoCreate) -> creates.Created:
+        """The route's checks in its order (limit, choice, balance), then the writes."""
+        context = self.context
+        await context.limiter.check_and_record(
+            f"generate:user:{user_id}",
+            context.settings.generate_limit_per_user,
+            "videos started in a short time",
+        )
+        choice = video_rules.choose(
+            context.catalog, model=fields.model, seconds=fields.seconds, size=fields.size
+        )
+        created = await creates.charge_and_queue(
+            self.rows, user_id=user_id, prompt=fields.prompt, choice=choice
+        )
+        if created is None:
+            balance = await self.rows.one(account.BALANCE, {"user_id": user_id})
+            raise insufficient_credits(choice.cost, int(balance[0]) if balance else 0)
+        return created
 
     def _route(self, path: str) -> tuple[HotRoute, Answer, dict[str, str]] | None:
         exact = _EXACT.get(path)
         if exact is not None:
             return exact[0], exact[1], {}
         if path.startswith(_VIDEO_PREFIX):
-            video_id = path[len(_VIDEO_PREFIX) :]
-            if video_id and "/" not in video_id:
-                return _VIDEO, HotRoutes.video, {"video_id": video_id}
+            video_id, _, what = path[len(_VIDEO_PREFIX) :].partition("/")
+            per_video = _PER_VIDEO.get(what)
+            if video_id and per_video is not None:
+                return per_video[0], per_video[1], {"video_id": video_id}
         return None
 
-    async def video(self, scope: Scope, path_params: dict[str, str]) -> bytes | None:
-        """`GET /api/videos/{id}`: session check and the video in one statement."""
+    async def _own_video(self, scope: Scope, video_id: str) -> tuple[Params, Row] | None:
+        """The caller's ids and their video, read with the session check; None otherwise."""
         params = _signed_in(scope, self.context)
         if params is None:
             return None
-        params["video_id"] = path_params["video_id"]
+        params["video_id"] = video_id
         row = await self.rows.one(videos.OWN_VIDEO, params)
-        return None if row is None else _json(videos.video_json(row))
+        return None if row is None else (params, row)
+
+    async def events(self, scope: Scope, path_params: dict[str, str]) -> ASGIApp | None:
+        """`GET /api/videos/{id}/events`: the first read is the session check's statement; the
+        stream itself is the route's (`LiveProgress.stream`)."""
+        read_at = live.clock()  # before the read: the poller must know how old it is
+        found = await self._own_video(scope, path_params["video_id"])
+        if found is None:
+            return None
+        params, row = found
+        video = videos.video_columns(row, user_id=params["user_id"])
+        last_event_id = Headers(scope=scope).get("last-event-id")
+        return video_events_response(
+            self.context,
+            video,
+            read_at=read_at,
+            user_id=params["user_id"],
+            session_id=params["session_id"],
+            last_event_id=last_event_id,
+        )
+
+    async def content(self, scope: Scope, path_params: dict[str, str]) -> ASGIApp | None:
+        """`GET /api/videos/{id}/content` (no query): the MP4 or a range of it."""
+        return await self._file(scope, path_params["video_id"], "video")
+
+    async def thumbnail(self, scope: Scope, path_params: dict[str, str]) -> ASGIApp | None:
+        """`GET /api/videos/{id}/thumbnail` (no query)."""
+        return await self._file(scope, path_params["video_id"], "thumbnail")
+
+    async def _file(self, scope: Scope, video_id: str, what: str) -> ASGIApp | None:
+        """A completed video's file from the store, as the routes serve it (ranges, 409 before
+        it completed); a query (`?download=1`) is the route's."""
+        found = None if scope["query_string"] else await self._own_video(scope, video_id)
+        if found is None:
+            return None
+        params, row = found
+        video = videos.video_columns(row, user_id=params["user_id"])
+        try:
+            return await completed_file_response(
+                Request(scope),
+                self.context.storage,
+                video,
+                what,
+                cache_control=PRIVATE_FILE_CACHE,
+            )
+        except ApiError as refusal:
+            return _refused(refusal)
+
+    async def video(self, scope: Scope, path_params: dict[str, str]) -> bytes | None:
+        """`GET /api/videos/{id}`: session check and the video in one statement."""
+        found = await self._own_video(scope, path_params["video_id"])
+        return None if found is None else _json(videos.video_json(found[1]))
 
     async def video_list(self, scope: Scope, _path: dict[str, str]) -> bytes | None:
         """`GET /api/videos`: the session check with the count, then the page."""
@@ -228,8 +403,14 @@ class HotRoutes:
         return self.models_body
 
 
+_CREATE = HotRoute("/api/videos")
 _VIDEO_PREFIX = "/api/videos/"
-_VIDEO = HotRoute("/api/videos/{video_id}")
+_PER_VIDEO: dict[str, tuple[HotRoute, Answer]] = {
+    "": (HotRoute("/api/videos/{video_id}"), HotRoutes.video),
+    "events": (HotRoute("/api/videos/{video_id}/events"), HotRoutes.events),
+    "content": (HotRoute("/api/videos/{video_id}/content"), HotRoutes.content),
+    "thumbnail": (HotRoute("/api/videos/{video_id}/thumbnail"), HotRoutes.thumbnail),
+}
 _EXACT: dict[str, tuple[HotRoute, Answer]] = {
     "/api/videos": (HotRoute("/api/videos"), HotRoutes.video_list),
     "/api/credits/balance": (HotRoute("/api/credits/balance"), HotRoutes.balance),

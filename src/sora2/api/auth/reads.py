@@ -16,6 +16,7 @@ SIGNED_IN = (
     "s.id = :session_id AND s.user_id = :user_id AND s.revoked_at IS NULL AND u.status = 'active'"
 )
 
+BALANCE = Statement("SELECT credits FROM users WHERE id = :user_id")
 CREDITS = Statement(f"SELECT u.credits FROM {SIGNED_IN_FROM} WHERE {SIGNED_IN}")
 ACCOUNT = Statement(
     "SELECT u.id, u.email, u.nickname, u.role, u.status, u.credits, u.created_at "

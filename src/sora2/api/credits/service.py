@@ -72,14 +72,17 @@ async def charge(
         video_id=video_id,
     )
     if balance is None:
-        current = await get_balance(session, user_id=user_id)
-        raise ApiError(
-            402,
-            "Insufficient Credits",
-            f"This video costs {cost} credits and your balance is {current}.",
-            details={"balance": current, "cost": cost},
-        )
+        raise insufficient_credits(cost, await get_balance(session, user_id=user_id))
     return balance
+
+
+def insufficient_credits(cost: int, balance: int) -> ApiError:
+    return ApiError(
+        402,
+        "Insufficient Credits",
+        f"This video costs {cost} credits and your balance is {balance}.",
+        details={"balance": balance, "cost": cost},
+    )
 
 
 async def refund(

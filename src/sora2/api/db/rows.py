@@ -1,4 +1,4 @@
-"""Reads with the database driver itself, for the api's hot routes (`sora2.api.hot_routes`).
+"""Statements run by the database driver itself, for the api's hot routes (`sora2.api.hot_routes`).
 
 A signed-in read through SQLAlchemy costs more CPU in statement execution, result processing and
 connection upkeep than in the rest of the request: on PostgreSQL every checkout pings and every
@@ -12,16 +12,23 @@ read runs BEGIN … ROLLBACK; on SQLite each statement is three or four hops to 
   read of a few rows by index takes microseconds, less than a hop to a thread would; in WAL mode
   a reader never waits for a writer (the busy timeout only covers a checkpoint's brief lock).
 
+A create's few writes (`guarded_write`) run as one transaction: on PostgreSQL on a connection of
+that pool; on SQLite on a writer connection of their own in one thread of their own (a write may
+wait for another process's lock, which must never block the event loop), one hop per create.
+
 Statements are written once with `:name` parameters (`Statement`), which sqlite3 takes as they
 are and which become `$1, $2…` for asyncpg. Timestamps come back as the driver has them (aware
-datetimes from asyncpg, ISO text from SQLite): `utc` reads either.
+datetimes from asyncpg, ISO text from SQLite): `utc` reads either; `timestamp` writes one as
+SQLAlchemy would, so both write paths' values compare and sort alike.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -31,6 +38,9 @@ from sora2.api.db.engine import SQLITE_BUSY_TIMEOUT_MS
 
 # What asyncpg's pool of hot reads may open per process, beside SQLAlchemy's pool (10 + 10).
 POSTGRES_HOT_CONNECTIONS = 8
+
+# How SQLAlchemy's SQLite dialect writes a DATETIME (naive UTC, always six digits of microseconds).
+SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"
 
 _PARAMETER = re.compile(r"(?<!:):([a-z_]+)")
 
@@ -51,6 +61,7 @@ class Statement:
 
 
 Row = Sequence[Any]
+Step = tuple[Statement, Mapping[str, Any]]
 
 
 class Rows(Protocol):
@@ -59,6 +70,14 @@ class Rows(Protocol):
 
     async def all(self, statement: Statement, params: Mapping[str, Any]) -> list[Row]:
         """Every row the statement returns."""
+
+    async def guarded_write(self, guard: Step, then: Sequence[Step]) -> Row | None:
+        """In one transaction: `guard`, a statement with RETURNING; if it returns no row,
+        nothing is written and the answer is None; else `then`, committed with it, and the
+        answer is the guard's row."""
+
+    def timestamp(self, value: datetime) -> Any:
+        """An aware datetime as this database's timestamp columns keep it."""
 
     async def close(self) -> None:
         """Closes the driver's connections."""
@@ -80,6 +99,8 @@ class SqliteRows:
         self._path = path
         self._counted = counted
         self._connection: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._writes = ThreadPoolExecutor(1, thread_name_prefix="sora2-sqlite-writes")
 
     def _connect(self) -> sqlite3.Connection:
         # Opened at first use: the schema is migrated at start, after this object is built.
@@ -106,10 +127,46 @@ class SqliteRows:
         connection = self._connection or self._connect()
         return connection.execute(statement.sql, params).fetchall()
 
+    async def guarded_write(self, guard: Step, then: Sequence[Step]) -> Row | None:
+        for _ in range(1 + len(then)):
+            self._counted()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writes, self._write, guard, then)
+
+    def _write(self, guard: Step, then: Sequence[Step]) -> Row | None:
+        connection = self._writer or self._connect_writer()
+        connection.execute("BEGIN IMMEDIATE")  # the write lock first, as engine.py's writer
+        try:
+            row: Row | None = connection.execute(guard[0].sql, guard[1]).fetchone()
+            if row is not None:
+                for statement, params in then:
+                    connection.execute(statement.sql, params)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT" if row is not None else "ROLLBACK")
+        return row
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        for pragma in (
+            f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA synchronous=NORMAL",
+        ):
+            connection.execute(pragma)
+        self._writer = connection
+        return connection
+
+    def timestamp(self, value: datetime) -> str:
+        return value.astimezone(UTC).strftime(SQLITE_TIMESTAMP)
+
     async def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        for connection in (self._connection, self._writer):
+            if connection is not None:
+                connection.close()
+        self._connection = self._writer = None
+        self._writes.shutdown(wait=False)
 
 
 class PostgresRows:
@@ -145,6 +202,24 @@ class PostgresRows:
         pool = self._pool or await self._connected()
         rows: list[Row] = await pool.fetch(statement.numbered, *statement.arguments(params))
         return rows
+
+    async def guarded_write(self, guard: Step, then: Sequence[Step]) -> Row | None:
+        for _ in range(1 + len(then)):
+            self._counted()
+        pool = self._pool or await self._connected()
+        async with pool.acquire() as connection, connection.transaction():
+            statement, params = guard
+            row: Row | None = await connection.fetchrow(
+                statement.numbered, *statement.arguments(params)
+            )
+            if row is None:
+                return None
+            for statement, params in then:
+                await connection.execute(statement.numbered, *statement.arguments(params))
+        return row
+
+    def timestamp(self, value: datetime) -> datetime:
+        return value
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -59,6 +59,19 @@ LISTING_ALL = _listing("")
 LISTING_BY_STATUS = _listing("AND v.status = :status")
 
 
+_TIMESTAMPS = frozenset({"created_at", "updated_at", "started_at", "finished_at"})
+
+
+def video_columns(row: Row, *, user_id: str) -> dict[str, Any]:
+    """A row of `VIDEO_COLUMNS` as the routes' Core reads give it: a dict, aware timestamps."""
+    video = {
+        column: utc(value) if column in _TIMESTAMPS else value
+        for column, value in zip(VIDEO_COLUMNS, row, strict=True)
+    }
+    video["user_id"] = user_id
+    return video
+
+
 def video_json(row: Row) -> dict[str, Any]:
     """A row of `VIDEO_COLUMNS` as `VideoOut` serialises it (camelCase, computed URLs)."""
     (

@@ -412,13 +412,33 @@ async def video_events(
     every `SSE_HEARTBEAT_SECONDS`."""
     video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
     await connection.close()  # the stream opens short sessions of its own; hold no connection
+    return video_events_response(
+        context,
+        video,
+        read_at=read_at,
+        user_id=caller.id,
+        session_id=session_id,
+        last_event_id=last_event_id,
+    )
+
+
+def video_events_response(
+    context: ApiContext,
+    video: dict[str, Any],
+    *,
+    read_at: float,
+    user_id: str,
+    session_id: str,
+    last_event_id: str | None,
+) -> Response:
+    """The event stream from `video` (read at `read_at`) on; 204 if the client has it all."""
     if live.already_delivered(video, last_event_id):
         return Response(status_code=204)
     return StreamingResponse(
         context.live.stream(
             video,
             read_at=read_at,
-            user_id=caller.id,
+            user_id=user_id,
             session_id=session_id,
             last_event_id=last_event_id,
         ),
@@ -426,6 +446,9 @@ async def video_events(
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
+
+# The owner's files may be kept by their browser, never by a shared cache.
+PRIVATE_FILE_CACHE = "private, max-age=3600"
 
 # A finished video's two files: the row's column naming each, and what it is served as.
 _COMPLETED_FILES: dict[str, tuple[str, str]] = {
@@ -488,7 +511,7 @@ async def video_content(
         context.storage,
         video,
         "video",
-        cache_control="private, max-age=3600",
+        cache_control=PRIVATE_FILE_CACHE,
         download_name=f"sora2-{video_id}.mp4" if download else None,
     )
 
@@ -521,7 +544,7 @@ async def video_input_reference(
         str(key),
         what="starting image",
         media_type="image/jpeg",
-        cache_control="private, max-age=3600",
+        cache_control=PRIVATE_FILE_CACHE,
     )
 
 
@@ -540,5 +563,5 @@ async def video_thumbnail(
 ) -> StreamingResponse:
     video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
     return await completed_file_response(
-        request, context.storage, video, "thumbnail", cache_control="private, max-age=3600"
+        request, context.storage, video, "thumbnail", cache_control=PRIVATE_FILE_CACHE
     )
