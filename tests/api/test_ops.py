@@ -87,6 +87,8 @@ async def test_health_names_the_database_when_it_is_unreachable(
     async with running_api(make_settings(through_relay, tmp_path), ScriptedProvider()) as api:
         assert (await api.request("GET", "/api/health"))[0] == 200
         token, _ = await api.register()
+        # Read once first: the hot routes' own pool then holds a connection the cut will drop.
+        assert (await api.request("GET", "/api/videos", token=token))[0] == 200
         await relay.cut()
         status, body, _ = await api.request("GET", "/api/health")
         assert status == 503
@@ -103,6 +105,12 @@ async def test_health_names_the_database_when_it_is_unreachable(
             assert "database" in body["message"]
             assert response.headers["Retry-After"]
             assert body["requestId"] == response.headers["X-Request-ID"]
+        await relay.restore()
+        for method, path in (("GET", "/api/videos"), ("POST", "/api/videos")):
+            status, body, _ = await api.request(
+                method, path, token=token, json={"prompt": "a heron"}
+            )
+            assert status in (200, 202), body  # back as soon as the database is
 
 
 async def test_metrics_count_requests_and_queue_depth(api: RunningApi) -> None:

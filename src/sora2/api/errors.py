@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -144,11 +145,19 @@ def install_error_handlers(app: FastAPI) -> None:
 DATABASE_RETRY_AFTER_SECONDS = 5
 
 
+# What asyncpg raises itself (the hot routes use it without SQLAlchemy) when a connection is
+# refused by the server or lost mid-statement.
+_DRIVER_OUTAGES = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+
 def is_database_outage(error: Exception) -> bool:
     """The database refused, dropped or timed out a connection (or its pool is exhausted): a
     passing condition, not a bug. A request's only network peer is the database, so a connection
     error escaping a route is the database's."""
-    if isinstance(error, ConnectionError | TimeoutError | PoolTimeout):
+    if isinstance(error, (ConnectionError, TimeoutError, PoolTimeout, *_DRIVER_OUTAGES)):
         return True
     return isinstance(error, DBAPIError) and (
         error.connection_invalidated or isinstance(error.orig, ConnectionError | TimeoutError)
