@@ -67,6 +67,17 @@ def state_key(row: Mapping[str, Any]) -> str:
     return f"{row['status']}-{row['progress']}"
 
 
+def finished_events(row: Mapping[str, Any], last_event_id: str | None) -> bytes | None:
+    """All a stream of this video would send, when it is final (nothing can follow); None
+    while it is still in the works. One plain response then answers, instead of a stream
+    registered with the poller for the instant it takes to send its last two events."""
+    if row["status"] not in FINAL_STATUSES:
+        return None
+    watcher = Watcher(row["id"], user_id=row["user_id"], session_id="", last_event_id=last_event_id)
+    events, _ = watcher.pending(VideoState(row["id"], row))
+    return events
+
+
 def already_delivered(row: Mapping[str, Any], last_event_id: str | None) -> bool:
     """True when a client that saw `last_event_id` already has everything this video will say."""
     return row["status"] in FINAL_STATUSES and last_event_id == f"{state_key(row)}-done"

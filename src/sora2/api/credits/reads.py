@@ -9,8 +9,8 @@ from sora2.api.db.rows import Row, Statement, utc
 
 # How many ledger rows the caller has (no row: the session is not live), and one page of them.
 TRANSACTION_COUNT = Statement(
-    f"SELECT count(t.id) FROM {SIGNED_IN_FROM} "
-    f"LEFT JOIN credit_transactions t ON t.user_id = s.user_id WHERE {SIGNED_IN} GROUP BY s.id"
+    "SELECT (SELECT count(*) FROM credit_transactions t WHERE t.user_id = :user_id) "
+    f"FROM {SIGNED_IN_FROM} WHERE {SIGNED_IN}"
 )
 TRANSACTION_PAGE = Statement(
     "SELECT t.id, t.amount, t.balance_after, t.type, t.video_id, t.description, t.created_at "

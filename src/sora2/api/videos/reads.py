@@ -45,8 +45,8 @@ OWN_VIDEO = Statement(
 def _listing(where: str) -> tuple[Statement, Statement]:
     """How many of the caller's videos match (no row: the session is not live), and one page."""
     count = Statement(
-        f"SELECT count(v.id) FROM {SIGNED_IN_FROM} "
-        f"LEFT JOIN videos v ON v.user_id = s.user_id {where} WHERE {SIGNED_IN} GROUP BY s.id"
+        f"SELECT (SELECT count(*) FROM videos v WHERE v.user_id = :user_id {where}) "
+        f"FROM {SIGNED_IN_FROM} WHERE {SIGNED_IN}"
     )
     page = Statement(
         f"SELECT {_SELECTED} FROM videos v WHERE v.user_id = :user_id {where} "

@@ -434,6 +434,9 @@ def video_events_response(
     """The event stream from `video` (read at `read_at`) on; 204 if the client has it all."""
     if live.already_delivered(video, last_event_id):
         return Response(status_code=204)
+    finished = live.finished_events(video, last_event_id)
+    if finished is not None:
+        return Response(finished, media_type="text/event-stream", headers=_EVENT_HEADERS)
     return StreamingResponse(
         context.live.stream(
             video,
@@ -443,8 +446,11 @@ def video_events_response(
             last_event_id=last_event_id,
         ),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=_EVENT_HEADERS,
     )
+
+
+_EVENT_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 # The owner's files may be kept by their browser, never by a shared cache.
