@@ -34,3 +34,5 @@ async def test_small_and_large_ranges_read_the_same_bytes(tmp_path: Path) -> Non
     for start, end in ((0, 1024), (1000, 5000), (0, len(data)), (700_000, len(data))):
         chunks = [chunk async for chunk in await storage.open_range("videos/b/v.mp4", start, end)]
         assert b"".join(chunks) == data[start:end]
+        at_once = storage.read_at_once("videos/b/v.mp4", start, end)
+        assert at_once is None if end - start > 256 * 1024 else at_once == data[start:end]

@@ -6,7 +6,7 @@ import logging
 from email.utils import format_datetime
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from sora2.api.byte_ranges import ByteRange, MalformedRange, UnsatisfiableRange, parse_range
 from sora2.api.errors import ApiError
@@ -71,7 +71,7 @@ async def stored_file_response(
     media_type: str,
     cache_control: str,
     download_name: str | None = None,
-) -> StreamingResponse:
+) -> Response:
     """The object under `key` (or the range asked for), streamed from the store."""
     try:
         stored = await storage.stat(key)
@@ -100,6 +100,9 @@ async def stored_file_response(
         headers["Content-Range"] = byte_range.content_range(stored.size)
     headers["Content-Length"] = str(byte_range.length)
     try:
+        whole = storage.read_at_once(key, byte_range.start, byte_range.end)
+        if whole is not None:  # in hand: one plain response, no streaming machinery
+            return Response(whole, status_code=status, media_type=media_type, headers=headers)
         body = await storage.open_range(key, byte_range.start, byte_range.end)
     except FileNotFoundError:  # deleted between the two requests
         raise ApiError(

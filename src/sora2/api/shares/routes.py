@@ -91,7 +91,7 @@ async def shared_video(
 @public_router.get("/{token}/content", response_class=StreamingResponse, responses=FILE_RESPONSES)
 async def shared_content(
     request: Request, token: str, context: Context, connection: ReadConnection, ip: ClientIp
-) -> StreamingResponse:
+) -> Response:
     """The MP4, with `Range` (206; 416 outside the file)."""
     await _limit(context, ip)
     video = await service.resolve(connection, token)
@@ -105,7 +105,7 @@ async def shared_content(
 )
 async def shared_thumbnail(
     request: Request, token: str, context: Context, connection: ReadConnection, ip: ClientIp
-) -> StreamingResponse:
+) -> Response:
     await _limit(context, ip)
     video = await service.resolve(connection, token)
     return await completed_file_response(

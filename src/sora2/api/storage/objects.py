@@ -220,8 +220,6 @@ class Storage:
         answer can still say so, rather than a body cut short."""
         if end <= start:
             return _nothing()
-        if self._root is not None and end - start <= READ_CHUNK_BYTES:
-            return _one(self._read_in_folder(self._root, key, start, end))
         try:
             result = await obstore.get_async(
                 self._store, check_key(key), options={"range": (start, end)}
@@ -232,11 +230,14 @@ class Storage:
             raise self._failed(f"read {key}", error) from error
         return self._chunks(key, result.stream(min_chunk_size=READ_CHUNK_BYTES))
 
-    def _read_in_folder(self, root: Path, key: str, start: int, end: int) -> bytes:
-        """A small range of a folder's file (a thumbnail, a player's probe), read on the event
-        loop: at most one chunk, which costs less than the hops to read it elsewhere."""
+    def read_at_once(self, key: str, start: int, end: int) -> bytes | None:
+        """Bytes `start` to `end` of `key` when the store is a folder and the range is at most
+        one chunk (a thumbnail, a player's probe): read on the event loop, which costs less
+        than the hops to read it elsewhere. None otherwise: stream it with `open_range`."""
+        if self._root is None or end - start > READ_CHUNK_BYTES:
+            return None
         try:
-            with open(root / check_key(key), "rb") as file:
+            with open(self._root / check_key(key), "rb") as file:
                 file.seek(start)
                 return file.read(end - start)
         except FileNotFoundError:
@@ -294,10 +295,6 @@ class Storage:
 async def _nothing() -> AsyncIterator[bytes]:
     return
     yield
-
-
-async def _one(chunk: bytes) -> AsyncIterator[bytes]:
-    yield chunk
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -471,7 +471,7 @@ async def completed_file_response(
     *,
     cache_control: str,
     download_name: str | None = None,
-) -> StreamingResponse:
+) -> Response:
     """A completed video's MP4 or thumbnail from the store (ranges included); 409 before then.
     The owner's routes and the share links both serve files this way."""
     column, media_type = _COMPLETED_FILES[what]
@@ -509,7 +509,7 @@ async def video_content(
     context: Context,
     connection: ReadConnection,
     download: Annotated[bool, Query(description="add Content-Disposition: attachment")] = False,
-) -> StreamingResponse:
+) -> Response:
     """The MP4; `Range` requests get 206 (416 outside the file); `?download=1` saves as a file."""
     video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
     return await completed_file_response(
@@ -538,7 +538,7 @@ async def video_input_reference(
     caller: CallerDep,
     context: Context,
     connection: ReadConnection,
-) -> StreamingResponse:
+) -> Response:
     """The image this video started from, as it was sent upstream (fitted to the video's size)."""
     video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
     key = video["input_reference_key"]
@@ -566,7 +566,7 @@ THUMBNAIL_RESPONSES: dict[int | str, dict[str, Any]] = STATE_RESPONSES | {
 )
 async def video_thumbnail(
     request: Request, video_id: str, caller: CallerDep, context: Context, connection: ReadConnection
-) -> StreamingResponse:
+) -> Response:
     video = await service.read_own(connection, user_id=caller.id, video_id=video_id)
     return await completed_file_response(
         request, context.storage, video, "thumbnail", cache_control=PRIVATE_FILE_CACHE
