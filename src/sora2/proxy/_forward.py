@@ -8,7 +8,7 @@ server-sent events reach the client as they are produced.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -114,23 +114,25 @@ class StreamBroken(Exception):
     """The backend stalled or broke off mid-body; the client's response must end broken too."""
 
 
-async def _read(read: Callable[[], Awaitable[bytes]]) -> bytes:
-    """One read of the upstream body. Silence longer than the idle timeout is enforced by the
-    client session's `sock_read` timeout. That is not free: aiohttp cancels and re-creates its
-    timer on every packet from the backend (two timers per small request, ~7k instructions each
-    on uvloop), but it costs nothing here, in our own read loop."""
-    try:
-        return await read()
-    except TimeoutError:
-        raise StreamBroken("idle timeout") from None
-    except aiohttp.ClientPayloadError as error:
-        raise StreamBroken(f"truncated body: {error}") from None
-    except (aiohttp.ClientError, OSError) as error:
-        raise StreamBroken(type(error).__name__) from None
+def _broken(error: BaseException) -> StreamBroken:
+    """What a failed read of the upstream body means for the client's response. Silence longer
+    than the idle timeout is enforced by the client session's `sock_read` timeout (a
+    `TimeoutError` here)."""
+    if isinstance(error, TimeoutError):
+        return StreamBroken("idle timeout")
+    if isinstance(error, aiohttp.ClientPayloadError):
+        return StreamBroken(f"truncated body: {error}")
+    return StreamBroken(type(error).__name__)
+
+
+_READ_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
 
 
 async def read_small_body(upstream: aiohttp.ClientResponse) -> bytes:
-    return await _read(upstream.read)
+    try:
+        return await upstream.read()
+    except _READ_ERRORS as error:
+        raise _broken(error) from None
 
 
 async def stream_body(
@@ -142,8 +144,14 @@ async def stream_body(
     """Copy the body chunk by chunk, reporting each chunk's size to `count_bytes`. Raises
     `StreamBroken` if the backend fails or stalls mid-way, `ClientGone` if the client leaves or
     stops reading for `send_timeout` seconds (its connection to the backend is then freed)."""
+    # The read is awaited here rather than in a helper: a held stream spends its life waiting
+    # on it, and every coroutine in that chain is a frame kept per stream and resumed per event.
+    readany = upstream.content.readany
     while True:
-        chunk = await _read(upstream.content.readany)
+        try:
+            chunk = await readany()
+        except _READ_ERRORS as error:
+            raise _broken(error) from None
         if not chunk:
             return
         try:

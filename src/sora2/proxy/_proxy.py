@@ -379,11 +379,12 @@ class Proxy:
         # The deadline runs from here: a body in hand has been read; a streamed one moves it on
         # as it goes (see _watch_streamed_body), so a long, steady upload is not cut off by it.
         exchange.deadline = self.loop.time() + config.timeouts.request
-        headers = self._upstream_headers(request, exchange)
-        if declared is not None and isinstance(exchange.body, StreamedBody):
-            headers["Content-Length"] = str(declared)  # framed as the client framed it
         try:
-            upstream = await self._send_before_deadline(target, headers, exchange)
+            # The headers are built in the call, not kept here: a stream holds this frame for
+            # its whole life, and aiohttp's request keeps its own copy of them.
+            upstream = await self._send_before_deadline(
+                target, self._forwarded_headers(request, exchange, declared), exchange
+            )
             try:
                 return await self._respond(request, upstream, exchange)
             finally:
@@ -392,6 +393,15 @@ class Proxy:
         finally:
             if exchange.holds_slot:
                 self.slots.give_back()
+
+    def _forwarded_headers(
+        self, request: web.Request, exchange: _Exchange, declared: int | None
+    ) -> CIMultiDict[str]:
+        """The upstream headers of a request with a body the proxy may stream on."""
+        headers = self._upstream_headers(request, exchange)
+        if declared is not None and isinstance(exchange.body, StreamedBody):
+            headers["Content-Length"] = str(declared)  # framed as the client framed it
+        return headers
 
     def _upstream_headers(self, request: web.Request, exchange: _Exchange) -> CIMultiDict[str]:
         """The client's headers as the api should see them (forwarding, request id, `Via`)."""
