@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
+from sora2.proxy._idle import IdleStreams
+
 # Request bodies up to this size are buffered so a retry can re-send them.
 REPLAYABLE_BODY_BYTES = 64 * 1024
 # Responses up to this size (with a Content-Length) are read whole and written in one go.
@@ -140,24 +142,31 @@ async def stream_body(
     upstream: aiohttp.ClientResponse,
     count_bytes: Callable[[int], None],
     send_timeout: float,
+    idle: IdleStreams,
 ) -> None:
     """Copy the body chunk by chunk, reporting each chunk's size to `count_bytes`. Raises
-    `StreamBroken` if the backend fails or stalls mid-way, `ClientGone` if the client leaves or
-    stops reading for `send_timeout` seconds (its connection to the backend is then freed)."""
+    `StreamBroken` if the backend fails or stays silent for the idle timeout mid-way (`idle`
+    watches that), `ClientGone` if the client leaves or stops reading for `send_timeout` seconds
+    (its connection to the backend is then freed)."""
     # The read is awaited here rather than in a helper: a held stream spends its life waiting
     # on it, and every coroutine in that chain is a frame kept per stream and resumed per event.
     readany = upstream.content.readany
-    while True:
-        try:
-            chunk = await readany()
-        except _READ_ERRORS as error:
-            raise _broken(error) from None
-        if not chunk:
-            return
-        try:
-            # A write only waits when the client's socket buffers are full: it is not reading.
-            async with asyncio.timeout(send_timeout):
-                await response.write(chunk)
-        except (ConnectionError, TimeoutError):
-            raise ClientGone from None
-        count_bytes(len(chunk))
+    idle.watch(upstream)
+    try:
+        while True:
+            try:
+                chunk = await readany()
+            except _READ_ERRORS as error:
+                raise _broken(error) from None
+            if not chunk:
+                return
+            try:
+                # A write only waits when the client's socket buffers are full: it is not
+                # reading.
+                async with asyncio.timeout(send_timeout):
+                    await response.write(chunk)
+            except (ConnectionError, TimeoutError):
+                raise ClientGone from None
+            count_bytes(len(chunk))
+    finally:
+        idle.forget(upstream)
