@@ -8,10 +8,12 @@ server-sent events reach the client as they are produced.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
+
+from sora2.proxy._idle import IdleStreams
 
 # Request bodies up to this size are buffered so a retry can re-send them.
 REPLAYABLE_BODY_BYTES = 64 * 1024
@@ -114,23 +116,25 @@ class StreamBroken(Exception):
     """The backend stalled or broke off mid-body; the client's response must end broken too."""
 
 
-async def _read(read: Callable[[], Awaitable[bytes]]) -> bytes:
-    """One read of the upstream body. Silence longer than the idle timeout is enforced by the
-    client session's `sock_read` timeout. That is not free: aiohttp cancels and re-creates its
-    timer on every packet from the backend (two timers per small request, ~7k instructions each
-    on uvloop), but it costs nothing here, in our own read loop."""
-    try:
-        return await read()
-    except TimeoutError:
-        raise StreamBroken("idle timeout") from None
-    except aiohttp.ClientPayloadError as error:
-        raise StreamBroken(f"truncated body: {error}") from None
-    except (aiohttp.ClientError, OSError) as error:
-        raise StreamBroken(type(error).__name__) from None
+def _broken(error: BaseException) -> StreamBroken:
+    """What a failed read of the upstream body means for the client's response. Silence longer
+    than the idle timeout is enforced by the client session's `sock_read` timeout (a
+    `TimeoutError` here)."""
+    if isinstance(error, TimeoutError):
+        return StreamBroken("idle timeout")
+    if isinstance(error, aiohttp.ClientPayloadError):
+        return StreamBroken(f"truncated body: {error}")
+    return StreamBroken(type(error).__name__)
+
+
+_READ_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
 
 
 async def read_small_body(upstream: aiohttp.ClientResponse) -> bytes:
-    return await _read(upstream.read)
+    try:
+        return await upstream.read()
+    except _READ_ERRORS as error:
+        raise _broken(error) from None
 
 
 async def stream_body(
@@ -138,18 +142,31 @@ async def stream_body(
     upstream: aiohttp.ClientResponse,
     count_bytes: Callable[[int], None],
     send_timeout: float,
+    idle: IdleStreams,
 ) -> None:
     """Copy the body chunk by chunk, reporting each chunk's size to `count_bytes`. Raises
-    `StreamBroken` if the backend fails or stalls mid-way, `ClientGone` if the client leaves or
-    stops reading for `send_timeout` seconds (its connection to the backend is then freed)."""
-    while True:
-        chunk = await _read(upstream.content.readany)
-        if not chunk:
-            return
-        try:
-            # A write only waits when the client's socket buffers are full: it is not reading.
-            async with asyncio.timeout(send_timeout):
-                await response.write(chunk)
-        except (ConnectionError, TimeoutError):
-            raise ClientGone from None
-        count_bytes(len(chunk))
+    `StreamBroken` if the backend fails or stays silent for the idle timeout mid-way (`idle`
+    watches that), `ClientGone` if the client leaves or stops reading for `send_timeout` seconds
+    (its connection to the backend is then freed)."""
+    # The read is awaited here rather than in a helper: a held stream spends its life waiting
+    # on it, and every coroutine in that chain is a frame kept per stream and resumed per event.
+    readany = upstream.content.readany
+    idle.watch(upstream)
+    try:
+        while True:
+            try:
+                chunk = await readany()
+            except _READ_ERRORS as error:
+                raise _broken(error) from None
+            if not chunk:
+                return
+            try:
+                # A write only waits when the client's socket buffers are full: it is not
+                # reading.
+                async with asyncio.timeout(send_timeout):
+                    await response.write(chunk)
+            except (ConnectionError, TimeoutError):
+                raise ClientGone from None
+            count_bytes(len(chunk))
+    finally:
+        idle.forget(upstream)

@@ -46,6 +46,7 @@ from sora2.proxy._headers import (
     upstream_request_headers,
 )
 from sora2.proxy._health import HealthMonitor
+from sora2.proxy._idle import IdleStreams
 from sora2.proxy._metrics import ProxyMetrics
 from sora2.proxy._paths import UnsafePath, checked_upstream_path
 from sora2.proxy._pool import ConnectionSlots
@@ -164,6 +165,7 @@ class Proxy:
         self._session: aiohttp.ClientSession | None = None
         self._health_session: aiohttp.ClientSession | None = None
         self._slots: ConnectionSlots | None = None
+        self._idle_streams: IdleStreams | None = None
         self._startup_ends = 0.0
         # Set by start(). Kept rather than looked up per request: on Python 3.11 each
         # `asyncio.get_running_loop()` is a getpid system call, and a request needed four.
@@ -178,6 +180,7 @@ class Proxy:
         # Unbounded here: `ConnectionSlots` holds the limit, so that waiting for a connection is
         # never mistaken for the backend failing to accept one (see _pool.py).
         self._slots = ConnectionSlots(self.config.pool.size, self._loop)
+        self._idle_streams = IdleStreams(self._loop, self.config.timeouts.idle)
         connector = aiohttp.TCPConnector(
             limit=0,
             keepalive_timeout=self.config.pool.keepalive if reuse else None,
@@ -227,6 +230,8 @@ class Proxy:
             backend.attach(health)
 
     async def close(self) -> None:
+        if self._idle_streams is not None:
+            self._idle_streams.close()
         for backend in self.backends:
             await backend.close()
         if self._session is not None:
@@ -248,6 +253,11 @@ class Proxy:
     def slots(self) -> ConnectionSlots:
         assert self._slots is not None, "Proxy.start() was not awaited"
         return self._slots
+
+    @property
+    def streaming(self) -> int:
+        """Response bodies being streamed to clients now."""
+        return len(self._idle_streams) if self._idle_streams is not None else 0
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -379,11 +389,12 @@ class Proxy:
         # The deadline runs from here: a body in hand has been read; a streamed one moves it on
         # as it goes (see _watch_streamed_body), so a long, steady upload is not cut off by it.
         exchange.deadline = self.loop.time() + config.timeouts.request
-        headers = self._upstream_headers(request, exchange)
-        if declared is not None and isinstance(exchange.body, StreamedBody):
-            headers["Content-Length"] = str(declared)  # framed as the client framed it
         try:
-            upstream = await self._send_before_deadline(target, headers, exchange)
+            # The headers are built in the call, not kept here: a stream holds this frame for
+            # its whole life, and aiohttp's request keeps its own copy of them.
+            upstream = await self._send_before_deadline(
+                target, self._forwarded_headers(request, exchange, declared), exchange
+            )
             try:
                 return await self._respond(request, upstream, exchange)
             finally:
@@ -392,6 +403,15 @@ class Proxy:
         finally:
             if exchange.holds_slot:
                 self.slots.give_back()
+
+    def _forwarded_headers(
+        self, request: web.Request, exchange: _Exchange, declared: int | None
+    ) -> CIMultiDict[str]:
+        """The upstream headers of a request with a body the proxy may stream on."""
+        headers = self._upstream_headers(request, exchange)
+        if declared is not None and isinstance(exchange.body, StreamedBody):
+            headers["Content-Length"] = str(declared)  # framed as the client framed it
+        return headers
 
     def _upstream_headers(self, request: web.Request, exchange: _Exchange) -> CIMultiDict[str]:
         """The client's headers as the api should see them (forwarding, request id, `Via`)."""
@@ -1017,9 +1037,14 @@ class Proxy:
         response = RelayedStream(status=status, reason=reason, headers=headers, raw_bytes=raw_bytes)
         await response.prepare(request)
         exchange.answered_at = time.perf_counter()
+        assert self._idle_streams is not None
         try:
             await stream_body(
-                response, upstream, self.metrics.add_bytes_out, self.config.timeouts.idle
+                response,
+                upstream,
+                self.metrics.add_bytes_out,
+                self.config.timeouts.idle,
+                self._idle_streams,
             )
         except StreamBroken as broken:
             # The headers are gone already: the only honest signal left is a broken connection.

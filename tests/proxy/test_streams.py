@@ -1,0 +1,80 @@
+"""Long-lived streamed responses (server-sent events): the idle timeout that one shared timer keeps
+for every streamed body (`_idle.py`) instead of aiohttp's timer per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from tests.fakes.backend import BackendState
+from tests.fakes.servers import RunningServer
+from tests.proxy.conftest import MakeProxy, eventually
+
+IDLE = 0.3
+
+
+async def test_a_stream_with_events_coming_outlives_many_idle_timeouts(
+    backend: RunningServer,
+    backend_state: BackendState,
+    make_proxy: MakeProxy,
+    client: aiohttp.ClientSession,
+) -> None:
+    proxy = await make_proxy(backend.url, idle_timeout=IDLE)
+    async with client.get(proxy.url + "/sse") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/event-stream"
+        started = time.monotonic()
+        count = 0
+        while time.monotonic() - started < 5 * IDLE:  # each gap is well under the idle timeout
+            count += 1
+            await backend_state.sse_release.put(f"event {count}")
+            event = await response.content.readuntil(b"\n\n")
+            assert event == f"data: event {count}\n\n".encode()
+            await asyncio.sleep(IDLE / 3)
+        assert proxy.proxy.streaming == 1
+        await backend_state.sse_release.put("__end__")
+        assert await response.read() == b""  # the body ends complete, not broken
+    assert proxy.proxy.metrics.truncated_responses == 0
+    await eventually(lambda: proxy.proxy.streaming == 0)
+
+
+async def test_a_stream_whose_backend_falls_silent_is_cut_and_counted_as_truncated(
+    backend: RunningServer,
+    backend_state: BackendState,
+    make_proxy: MakeProxy,
+    client: aiohttp.ClientSession,
+) -> None:
+    proxy = await make_proxy(backend.url, idle_timeout=IDLE)
+    async with client.get(proxy.url + "/stall-body") as response:
+        assert response.status == 200
+        assert await response.content.readexactly(11) == b"first-chunk"
+        silent_since = time.monotonic()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+        cut_after = time.monotonic() - silent_since
+    # Never before the idle timeout; at most a sweep or two after it (see _idle.py).
+    assert IDLE * 0.9 <= cut_after < IDLE * 3
+    assert proxy.proxy.metrics.truncated_responses == 1
+    await eventually(lambda: backend_state.cancelled == 1)
+    assert proxy.proxy.streaming == 0
+
+
+async def test_a_connection_used_by_a_stream_keeps_its_read_timeout_for_the_next_request(
+    backend: RunningServer,
+    backend_state: BackendState,
+    make_proxy: MakeProxy,
+    client: aiohttp.ClientSession,
+) -> None:
+    proxy = await make_proxy(backend.url, idle_timeout=IDLE, max_attempts=1)
+    async with client.get(proxy.url + "/sse") as response:
+        await backend_state.sse_release.put("__end__")
+        assert await response.read() == b""
+    # The stream gave its connection back to the pool; the next request reuses it, and a
+    # backend that never answers is still a 504 after the idle timeout, not a wait for ever.
+    started = time.monotonic()
+    async with client.get(proxy.url + "/stall") as response:
+        assert response.status == 504
+    assert time.monotonic() - started < IDLE * 4
