@@ -227,3 +227,28 @@ async def test_files_and_finished_event_streams_are_served_as_the_routes_serve_t
         hot = await _exchange(api, path, headers)
         assert hot == await _exchange(plain_api, path, headers), (path, headers)
     assert hot[0] == 401  # the last case: refusals are the route's own
+
+
+async def test_a_hot_keyed_create_is_replayed_by_the_route_as_its_own(
+    api: RunningApi, plain_api: RunningApi
+) -> None:
+    """The key's record the hot create keeps is the one the route keeps: a repeat through
+    either path answers the first video, charged once."""
+    token, _ = await api.register()
+    headers = {"Idempotency-Key": "hot-key-1"}
+    status, first, _ = await api.request(
+        "POST", "/api/videos", token=token, json=CREATE, headers=headers
+    )
+    assert status == 202, first
+    for running in (api, plain_api):
+        status, again, response = await running.request(
+            "POST", "/api/videos", token=token, json=CREATE, headers=headers
+        )
+        assert (status, again) == (202, first)
+        assert response.headers["Idempotent-Replayed"] == "true"
+    status, other, _ = await api.request(
+        "POST", "/api/videos", token=token, json=CREATE | {"seconds": 8}, headers=headers
+    )
+    assert status == 422  # the same key for another request
+    _, page, _ = await api.request("GET", "/api/credits/transactions", token=token)
+    assert [item["type"] for item in page["items"]] == ["consume", "gift"]

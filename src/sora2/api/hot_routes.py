@@ -34,9 +34,10 @@ from sora2.api.catalog.routes import model_list
 from sora2.api.context import ApiContext
 from sora2.api.credits import reads as ledger
 from sora2.api.credits.service import insufficient_credits
-from sora2.api.db.rows import Row, Rows, utc
+from sora2.api.db.rows import Row, Rows, taken, utc
 from sora2.api.deps import ACCESS_COOKIE
 from sora2.api.errors import ApiError, error_response
+from sora2.api.idempotency.service import fingerprint, is_valid_key
 from sora2.api.videos import creates
 from sora2.api.videos import reads as videos
 from sora2.api.videos import service as video_rules
@@ -135,15 +136,21 @@ async def _send_json(send: Send, status: int, body: bytes) -> None:
 CREATE_BODY_MAX_BYTES = 4 * PROMPT_MAX_CHARS + 1024
 
 
-def _plain_create(scope: Scope) -> bool:
-    """A JSON create without an Idempotency-Key (keyed ones replay: the route's business)."""
+def _create_key(scope: Scope) -> str | None:
+    """For a JSON create: its `Idempotency-Key`, or "" without one; None for anything else
+    (another body type, or a malformed key, which the route refuses)."""
     content_type = b""
+    key = ""
     for name, value in scope["headers"]:
         if name == b"idempotency-key":
-            return False
-        if name == b"content-type":
+            key = value.decode("latin-1")
+            if not is_valid_key(key):
+                return None
+        elif name == b"content-type":
             content_type = value
-    return content_type.split(b";")[0].strip().lower() == b"application/json"
+    if content_type.split(b";")[0].strip().lower() != b"application/json":
+        return None
+    return key
 
 
 async def _read_small_body(receive: Receive) -> tuple[bytes, bool]:
@@ -219,31 +226,48 @@ class HotRoutes:
         await self.app(scope, receive, send)
 
     async def create(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """`POST /api/videos` with a JSON body and no `Idempotency-Key`: checked and validated
-        as the route does, then charged and queued in one transaction of four statements.
-        Until something is counted or written, anything unusual goes on to the route."""
-        if not _plain_create(scope):
+        """`POST /api/videos` with a JSON body: checked and validated as the route does, then
+        charged and queued in one transaction (with the `Idempotency-Key`'s record, if one was
+        sent). Until something is counted or written, anything unusual goes on to the route:
+        a key already used (the route replays its answer), multipart, an invalid body."""
+        key_header = _create_key(scope)
+        if key_header is None:
             await self.app(scope, receive, send)
             return
         body, whole = await _read_small_body(receive)
         params = _signed_in(scope, self.context) if whole else None
         fields = None if params is None else _video_fields(body)
-        live = None if fields is None or params is None else await self._live(params)
-        if fields is None or params is None or not live:
+        key = None
+        if fields is not None and key_header:
+            key = creates.Key(key_header, fingerprint("POST", "/api/videos", fields))
+        ready = fields is not None and params is not None and await self._ready(params, key)
+        if not ready or fields is None or params is None:
             await self.app(scope, _replaying(body, whole, receive), send)
             return
         scope["route"] = _CREATE
         try:
-            created = await self._charge_and_queue(params["user_id"], fields)
+            created = await self._charge_and_queue(params["user_id"], fields, key)
         except ApiError as refusal:
             await _refused(refusal)(scope, receive, send)
             return
+        except Exception as error:
+            if not taken(error):
+                raise
+            # The same key, claimed by a request that committed first: the route replays it.
+            await self.app(scope, _replaying(body, whole, receive), send)
+            return
         await _send_json(send, 202, _json(creates.created_json(created)))
 
-    async def _live(self, params: Params) -> bool:
-        return await self.rows.one(account.CREDITS, params) is not None
+    async def _ready(self, params: Params, key: creates.Key | None) -> bool:
+        """The session is live, the account active and the key (if any) not yet used."""
+        if key is None:
+            return await self.rows.one(account.CREDITS, params) is not None
+        row = await self.rows.one(videos.KEY_HOLDER, params | {"key": key.key})
+        return row is not None and row[0] is None
 
-    async def _charge_and_queue(self, user_id: str, fields: VideoCreate) -> creates.Created:
+    async def _charge_and_queue(
+        self, user_id: str, fields: VideoCreate, key: creates.Key | None
+    ) -> creates.Created:
         """The route's checks in its order (limit, choice, balance), then the writes."""
         context = self.context
         await context.limiter.check_and_record(
@@ -255,7 +279,7 @@ class HotRoutes:
             context.catalog, model=fields.model, seconds=fields.seconds, size=fields.size
         )
         created = await creates.charge_and_queue(
-            self.rows, user_id=user_id, prompt=fields.prompt, choice=choice
+            self.rows, user_id=user_id, prompt=fields.prompt, choice=choice, key=key
         )
         if created is None:
             balance = await self.rows.one(account.BALANCE, {"user_id": user_id})

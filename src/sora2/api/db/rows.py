@@ -32,11 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
 from sora2.api.db.engine import SQLITE_BUSY_TIMEOUT_MS
 
-# What asyncpg's pool of hot reads may open per process, beside SQLAlchemy's pool (10 + 10).
+# What the asyncpg pool of the hot routes and the rate limiter may open per process, beside
+# SQLAlchemy's pool (10 + 10).
 POSTGRES_HOT_CONNECTIONS = 8
 
 # How SQLAlchemy's SQLite dialect writes a DATETIME (naive UTC, always six digits of microseconds).
@@ -62,6 +64,8 @@ class Statement:
 
 Row = Sequence[Any]
 Step = tuple[Statement, Mapping[str, Any]]
+# What follows a guard, made from the row it returned (a balance, say).
+Then = Callable[[Row], Sequence[Step]]
 
 
 class Rows(Protocol):
@@ -71,16 +75,24 @@ class Rows(Protocol):
     async def all(self, statement: Statement, params: Mapping[str, Any]) -> list[Row]:
         """Every row the statement returns."""
 
-    async def guarded_write(self, guard: Step, then: Sequence[Step]) -> Row | None:
+    async def guarded_write(self, guard: Step, then: Then) -> Row | None:
         """In one transaction: `guard`, a statement with RETURNING; if it returns no row,
-        nothing is written and the answer is None; else `then`, committed with it, and the
-        answer is the guard's row."""
+        nothing is written and the answer is None; else the statements `then(row)` makes,
+        committed with it, and the answer is the guard's row. A statement that fails (a unique
+        key taken meanwhile) rolls all of it back and raises."""
 
     def timestamp(self, value: datetime) -> Any:
         """An aware datetime as this database's timestamp columns keep it."""
 
     async def close(self) -> None:
         """Closes the driver's connections."""
+
+
+def taken(error: Exception) -> bool:
+    """A unique key that another transaction holds (its insert committed first)."""
+    if isinstance(error, sqlite3.IntegrityError):
+        return "UNIQUE" in str(error)
+    return isinstance(error, asyncpg.exceptions.UniqueViolationError)
 
 
 def utc(value: datetime | str | None) -> datetime | None:
@@ -127,19 +139,19 @@ class SqliteRows:
         connection = self._connection or self._connect()
         return connection.execute(statement.sql, params).fetchall()
 
-    async def guarded_write(self, guard: Step, then: Sequence[Step]) -> Row | None:
-        for _ in range(1 + len(then)):
-            self._counted()
+    async def guarded_write(self, guard: Step, then: Then) -> Row | None:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._writes, self._write, guard, then)
 
-    def _write(self, guard: Step, then: Sequence[Step]) -> Row | None:
+    def _write(self, guard: Step, then: Then) -> Row | None:
         connection = self._writer or self._connect_writer()
         connection.execute("BEGIN IMMEDIATE")  # the write lock first, as engine.py's writer
         try:
+            self._counted()
             row: Row | None = connection.execute(guard[0].sql, guard[1]).fetchone()
             if row is not None:
-                for statement, params in then:
+                for statement, params in then(row):
+                    self._counted()
                     connection.execute(statement.sql, params)
         except BaseException:
             connection.execute("ROLLBACK")
@@ -170,7 +182,7 @@ class SqliteRows:
 
 
 class PostgresRows:
-    """Reads through an asyncpg pool of their own (`POSTGRES_HOT_CONNECTIONS`)."""
+    """Statements through an asyncpg pool of their own (`POSTGRES_HOT_CONNECTIONS`)."""
 
     def __init__(self, dsn: str, *, counted: Callable[[], None]) -> None:
         self._dsn = dsn
@@ -179,13 +191,12 @@ class PostgresRows:
 
     async def _connected(self) -> Any:
         if self._pool is None:
-            import asyncpg  # type: ignore[import-untyped]
-
             self._pool = await asyncpg.create_pool(
                 self._dsn,
                 min_size=1,
                 max_size=POSTGRES_HOT_CONNECTIONS,
-                # SELECTs only: nothing to reset on release (asyncpg's default costs a round trip).
+                # Plain statements and whole transactions leave no session state behind: nothing
+                # to reset on release (asyncpg's default costs a round trip).
                 reset=_nothing_to_reset,
                 server_settings={"application_name": "sora2-api-hot-reads"},
             )
@@ -203,18 +214,18 @@ class PostgresRows:
         rows: list[Row] = await pool.fetch(statement.numbered, *statement.arguments(params))
         return rows
 
-    async def guarded_write(self, guard: Step, then: Sequence[Step]) -> Row | None:
-        for _ in range(1 + len(then)):
-            self._counted()
+    async def guarded_write(self, guard: Step, then: Then) -> Row | None:
         pool = self._pool or await self._connected()
         async with pool.acquire() as connection, connection.transaction():
             statement, params = guard
+            self._counted()
             row: Row | None = await connection.fetchrow(
                 statement.numbered, *statement.arguments(params)
             )
             if row is None:
                 return None
-            for statement, params in then:
+            for statement, params in then(row):
+                self._counted()
                 await connection.execute(statement.numbered, *statement.arguments(params))
         return row
 

@@ -58,8 +58,13 @@ def fingerprint(method: str, path: str, body: BaseModel | None = None) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def is_valid_key(key: str) -> bool:
+    """1 to KEY_MAX_LENGTH visible ASCII characters."""
+    return 1 <= len(key) <= KEY_MAX_LENGTH and all("!" <= ch <= "~" for ch in key)
+
+
 def _checked_key(key: str) -> str:
-    if not 1 <= len(key) <= KEY_MAX_LENGTH or not all("!" <= ch <= "~" for ch in key):
+    if not is_valid_key(key):
         raise ApiError(
             400,
             "Bad Request",

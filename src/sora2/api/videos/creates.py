@@ -2,18 +2,23 @@
 
 The same rows as `service.create` writes through the ORM, in one transaction: the charge (a
 conditional UPDATE that is also the guard: no row, nothing written), the video, its ledger row
-and its job. `created_json` is what `VideoCreated` answers for them.
+and its job, and with an `Idempotency-Key` the key's record holding the answer (as
+`IdempotentRequest` keeps it, so a repeat replays it). `created_json` is what `VideoCreated`
+answers for them.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from sora2.api.db.base import utcnow
-from sora2.api.db.rows import Row, Rows, Statement
+from sora2.api.db.rows import Row, Rows, Statement, Step
+from sora2.api.idempotency.service import RETENTION
 from sora2.api.videos.service import Choice
 
 CHARGE = Statement(
@@ -38,6 +43,23 @@ INSERT_JOB = Statement(
 )
 
 
+FORGET_EXPIRED_KEYS = Statement(
+    "DELETE FROM idempotency_keys WHERE user_id = :user_id AND created_at < :keys_expired"
+)
+INSERT_KEY = Statement(
+    "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response, created_at) "
+    "VALUES (:user_id, :key, :fingerprint, 202, :response, :now)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """An `Idempotency-Key` and the fingerprint of the request it names."""
+
+    key: str
+    fingerprint: str
+
+
 @dataclass(frozen=True, slots=True)
 class Created:
     video_id: str
@@ -48,10 +70,11 @@ class Created:
 
 
 async def charge_and_queue(
-    rows: Rows, *, user_id: str, prompt: str, choice: Choice
+    rows: Rows, *, user_id: str, prompt: str, choice: Choice, key: Key | None
 ) -> Created | None:
-    """Charges, inserts the video, its ledger row and its job; None (nothing written) when the
-    balance is below the cost."""
+    """Charges, inserts the video, its ledger row and its job (and the key's record); None
+    (nothing written) when the balance is below the cost. A key that another request claimed
+    meanwhile fails the insert, and nothing is written."""
     now = utcnow()
     model = choice.model
     params = {
@@ -67,11 +90,31 @@ async def charge_and_queue(
         "description": f"{model.id}, {choice.seconds} s, {choice.size}",
         "now": rows.timestamp(now),
     }
-    then = [(INSERT_VIDEO, params), (INSERT_LEDGER_ROW, params), (INSERT_JOB, params)]
+    video = Created(params["video_id"], prompt, choice, now, balance=0)
+
+    def then(charged: Row) -> list[Step]:
+        steps: list[Step] = [
+            (INSERT_VIDEO, params),
+            (INSERT_LEDGER_ROW, params),
+            (INSERT_JOB, params),
+        ]
+        if key is None:
+            return steps
+        answer = orjson.dumps(created_json(replace(video, balance=int(charged[0]))), option=UTC_Z)
+        remembered = params | {
+            "key": key.key,
+            "fingerprint": key.fingerprint,
+            "response": answer.decode(),
+            "keys_expired": rows.timestamp(now - RETENTION),
+        }
+        return [(FORGET_EXPIRED_KEYS, remembered), *steps, (INSERT_KEY, remembered)]
+
     row: Row | None = await rows.guarded_write((CHARGE, params), then)
-    if row is None:
-        return None
-    return Created(params["video_id"], prompt, choice, now, int(row[0]))
+    return None if row is None else replace(video, balance=int(row[0]))
+
+
+# pydantic's rendering of an aware UTC datetime ends in "Z"; orjson's does with this option.
+UTC_Z = orjson.OPT_UTC_Z
 
 
 def created_json(created: Created) -> dict[str, Any]:

@@ -42,6 +42,13 @@ OWN_VIDEO = Statement(
 )
 
 
+# For a create with an `Idempotency-Key`: whether the key is free (NULL), with the session check.
+KEY_HOLDER = Statement(
+    "SELECT (SELECT 1 FROM idempotency_keys k WHERE k.user_id = :user_id AND k.key = :key) "
+    f"FROM {SIGNED_IN_FROM} WHERE {SIGNED_IN}"
+)
+
+
 def _listing(where: str) -> tuple[Statement, Statement]:
     """How many of the caller's videos match (no row: the session is not live), and one page."""
     count = Statement(
