@@ -562,6 +562,11 @@ class LeanApi:
             (b"x-accel-buffering", b"no"),
             (b"content-type", b"text/event-stream; charset=utf-8"),
         ]
+        if final:  # all of it is known: one body with its length, as ours answers
+            headers.append((b"content-length", str(len(events)).encode()))
+            await _start(send, 200, headers, request_id)
+            await send({"type": "http.response.body", "body": events})
+            return
         await _start(send, 200, headers, request_id)
         await send({"type": "http.response.body", "body": events, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
