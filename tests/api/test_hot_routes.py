@@ -249,6 +249,7 @@ async def test_a_hot_keyed_create_is_replayed_by_the_route_as_its_own(
     status, other, _ = await api.request(
         "POST", "/api/videos", token=token, json=CREATE | {"seconds": 8}, headers=headers
     )
-    assert status == 422  # the same key for another request
+    assert status == 422, other  # the same key for another request
+    assert other["details"] == {"header": "Idempotency-Key"}
     _, page, _ = await api.request("GET", "/api/credits/transactions", token=token)
     assert [item["type"] for item in page["items"]] == ["consume", "gift"]
