@@ -9,7 +9,9 @@ video page does, or (a second series) `GET /api/videos/{id}/events` on the api d
 
 Phases, each measured alone:
 1. ordinary requests with no viewer (the baseline): `GET /api/proxy/videos/{id}` through the web,
-   `ORDINARY_CONNECTIONS` in flight;
+   `ORDINARY_CONNECTIONS` in flight, from a client process of their own: timed in this
+   process, they would wait behind the viewers' events in its one event loop, and the figure
+   would be the client's queue, not the servers' answer;
 2. the viewers open, `WAVE` at a time; a viewer is held once its first event arrived. The web's
    and the api's RSS and CPU per viewer are measured over this phase;
 3. a quiet hold: statements the api sent to the database per second (its own counter), and the
@@ -23,6 +25,7 @@ Phases, each measured alone:
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import re
 import statistics
@@ -31,6 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +234,20 @@ async def _ordinary(web_port: int, videos: list[tuple[str, str]], seconds: float
     return Ordinary(latencies, errors)
 
 
+def _ordinary_in_child(web_port: int, videos: list[tuple[str, str]], seconds: float) -> Ordinary:
+    return asyncio.run(_ordinary(web_port, videos, seconds))
+
+
+async def _ordinary_elsewhere(
+    web_port: int, videos: list[tuple[str, str]], seconds: float
+) -> Ordinary:
+    """`_ordinary`, from a fresh process (spawned: it inherits none of the viewers' sockets)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as child:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(child, _ordinary_in_child, web_port, videos, seconds)
+
+
 async def _api_counters(api_url: str) -> tuple[float, float]:
     """(statements the api sent to the database, live-progress poller queries), from /metrics."""
     async with aiohttp.ClientSession() as http, http.get(f"{api_url}/metrics") as response:
@@ -275,7 +293,7 @@ async def _round(servers: Servers, viewers_count: int, plan: Plan, route: str) -
         for n in range(viewers_count)
         for video_id, token in [videos[n % len(videos)]]
     ]
-    baseline = await _ordinary(servers.web_port, videos, plan.ordinary_seconds)
+    baseline = await _ordinary_elsewhere(servers.web_port, videos, plan.ordinary_seconds)
 
     web_rss, api_rss = servers.web.reset_peak_rss(), servers.api.reset_peak_rss()
     web_cpu, api_cpu = servers.web.cpu_seconds(), servers.api.cpu_seconds()
@@ -310,7 +328,7 @@ async def _round(servers: Servers, viewers_count: int, plan: Plan, route: str) -
     web_change = (servers.web.cpu_seconds() - web_cpu) * 1e6 / deliveries
     api_change = (servers.api.cpu_seconds() - api_cpu) * 1e6 / deliveries
 
-    loaded = await _ordinary(servers.web_port, videos, plan.ordinary_seconds)
+    loaded = await _ordinary_elsewhere(servers.web_port, videos, plan.ordinary_seconds)
     still_held = sum(1 for viewer in held if not viewer.closed)
     for viewer in viewers:
         viewer.close()
@@ -362,13 +380,14 @@ def report(rounds: list[Round], plan: Plan, others: float) -> str:
         "Reproduce: `.venv/bin/python -m bench streams` (`--quick`: "
         f"{' / '.join(map(str, QUICK_VIEWERS))} viewers).",
         "Per viewer count and route, fresh servers on PostgreSQL: `sora2 serve api` (core 1) and",
-        "`sora2 serve web` (core 0), production settings; the client in this process. Each viewer",
+        "`sora2 serve web` (core 0), production settings; the viewers in this process. Each viewer",
         "holds `GET /api/proxy/videos/{id}/events` through the web (*web → proxy → api*), or",
         "`GET /api/videos/{id}/events` on the api itself (*api directly*: what the api holds",
         f"whatever the proxy does); one video per {VIEWERS_PER_VIDEO} viewers, one account per "
         f"{VIEWERS_PER_ACCOUNT}.",
         f"Ordinary requests: `GET /api/proxy/videos/{{id}}` through the web, "
-        f"{ORDINARY_CONNECTIONS} in flight for {plan.ordinary_seconds:g} s,",
+        f"{ORDINARY_CONNECTIONS} in flight for {plan.ordinary_seconds:g} s from a client process "
+        "of their own,",
         "before the viewers open and while they are all open. A change is one UPDATE of every",
         "video's progress made by another process, as a worker's; its figure is the time until",
         f"99 % (50 %) of the held viewers received it ({plan.changes} changes: median, worst).",
