@@ -1,18 +1,20 @@
-"""The hot read routes' usual answer, without FastAPI's dependency resolution or SQLAlchemy.
+"""The hot routes' usual answer, without FastAPI's dependency resolution or SQLAlchemy.
 
-Most of the api's traffic is a handful of signed-in GETs: a video (which pages poll), the list,
-the balance, the ledger, the account, the model list. Through FastAPI and SQLAlchemy each cost
-five to six times the CPU of a lean handler doing the same work: dependency resolution, statement
+Most of the api's traffic is a handful of signed-in requests: a video (which pages poll), the
+list, the balance, the ledger, the account, the model list, an event stream's first read, a
+file's first bytes, and creates. Through FastAPI and SQLAlchemy each cost 5 to 20 times the CPU
+of a lean handler doing the same work (`python -m bench api`): dependency resolution, statement
 execution and result processing, a transaction around a single read, response validation.
 
 `HotRoutes` sits in front of FastAPI's router and answers these routes' *successful* case
 itself: the token's claims (cached signature check), then one driver statement that reads the
 route's rows only if the session is live and the account active (`sora2.api.db.rows`), then
-orjson. Whenever that case does not hold — no or bad token, a revoked session, a suspended
-account, someone else's or no video, a query parameter it does not take as given — it answers
-nothing and the request goes on to the FastAPI route, which decides as it always has. So every
-refusal, error shape and the OpenAPI document stay FastAPI's; tests hold the two paths' success
-bodies to the same bytes.
+orjson; a create then writes in one transaction (`sora2.api.videos.creates`). Whenever that case
+does not hold — no or bad token, a revoked session, a suspended account, someone else's or no
+video, a query parameter it does not take as given, a multipart create, an Idempotency-Key
+already used — it answers nothing and the request goes on to the FastAPI route, which decides as
+it always has. So every refusal, error shape and the OpenAPI document stay FastAPI's; tests hold
+the two paths' answers to the same bytes and a create's writes to the same rows.
 """
 
 from __future__ import annotations
@@ -194,7 +196,7 @@ _LISTING = frozenset({"page", "limit", "status"})
 
 
 class HotRoutes:
-    """ASGI middleware: the successful case of the hot GET routes, or on to FastAPI."""
+    """ASGI middleware: the successful case of the hot routes, or on to FastAPI."""
 
     def __init__(self, app: ASGIApp, context: ApiContext, rows: Rows) -> None:
         self.app = app
