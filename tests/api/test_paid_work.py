@@ -140,9 +140,15 @@ async def test_a_create_answered_after_the_timeout_makes_one_paid_generation(
 async def test_a_duplicate_that_lands_late_is_deleted_upstream(settings: Settings) -> None:
     """An upstream ignoring the key, whose first create lands after the client gave up and after
     the retry made a second job: the late one is found and deleted, the video completes once."""
-    async with upstream_for(settings, honour_idempotency=False) as upstream:
+    # Twice the usual create timeout: the late create must land after the retry made the second
+    # job and before the search at 2 timeouts; at 300 ms that window (150 ms each side) was
+    # missed once by a loaded CI machine.
+    timeout_ms = 2 * TIMEOUT_MS
+    async with upstream_for(
+        settings, honour_idempotency=False, openai_timeout_ms=timeout_ms
+    ) as upstream:
         upstream.fake.slow_creates = 1
-        upstream.fake.create_land_delay = 1.5 * TIMEOUT_MS / 1000
+        upstream.fake.create_land_delay = 1.5 * timeout_ms / 1000
         async with api_and_workers(upstream) as api:
             token, _ = await api.register()
             _, video = await create(api, token)
