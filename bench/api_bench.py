@@ -233,11 +233,18 @@ def _api(database_url: str, workdir: Path, **extra: str) -> Iterator[tuple[str, 
         workdir / "api.out",
         env,
     )
+    with _serving(server, port) as url:
+        yield url, server
+
+
+@contextmanager
+def _serving(server: Server, port: int) -> Iterator[str]:
+    """Starts `server`, waits until it says it is live on `port`, stops it afterwards."""
     server.start()
     try:
         url = f"http://127.0.0.1:{port}"
         server.wait_until(f"{url}/api/health/live", b'{"status":"ok"}')
-        yield url, server
+        yield url
     finally:
         server.stop()
 
@@ -253,13 +260,8 @@ def lean_anchor(env: dict[str, str], workdir: Path) -> Iterator[tuple[str, Serve
         workdir / "anchor.out",
         env | CHILD_PYTHON_ENV,
     )
-    server.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        server.wait_until(f"{url}/api/health/live", b'{"status":"ok"}')
+    with _serving(server, port) as url:
         yield url, server
-    finally:
-        server.stop()
 
 
 async def _register(url: str) -> str:

@@ -36,7 +36,7 @@ from sora2.api.catalog.routes import model_list
 from sora2.api.context import ApiContext
 from sora2.api.credits import reads as ledger
 from sora2.api.credits.service import insufficient_credits
-from sora2.api.db.rows import Row, Rows, taken, utc
+from sora2.api.db.rows import Row, Rows, Statement, taken, utc
 from sora2.api.deps import ACCESS_COOKIE
 from sora2.api.errors import ApiError, error_response
 from sora2.api.idempotency.service import fingerprint, is_valid_key
@@ -371,13 +371,8 @@ class HotRoutes:
             return None
         page, limit = paging
         count, listing = videos.LISTING_ALL if status is None else videos.LISTING_BY_STATUS
-        params |= {"status": status, "limit": limit, "offset": (page - 1) * limit}
-        total = await self.rows.one(count, params)
-        if total is None:
-            return None
-        rows = await self.rows.all(listing, params)
-        items = [videos.video_json(row) for row in rows]
-        return _json({"page": page, "limit": limit, "total": total[0], "items": items})
+        params["status"] = status
+        return await self._page(count, listing, params, page, limit, videos.video_json)
 
     async def balance(self, scope: Scope, _path: dict[str, str]) -> bytes | None:
         """`GET /api/credits/balance`: the balance is read with the session check."""
@@ -395,12 +390,24 @@ class HotRoutes:
         if params is None or paging is None:
             return None
         page, limit = paging
+        count, listing = ledger.TRANSACTION_COUNT, ledger.TRANSACTION_PAGE
+        return await self._page(count, listing, params, page, limit, ledger.transaction_json)
+
+    async def _page(
+        self,
+        count: Statement,
+        listing: Statement,
+        params: Params,
+        page: int,
+        limit: int,
+        item_json: Callable[[Row], dict[str, Any]],
+    ) -> bytes | None:
+        """The count (no row: the session is not live, the route decides), then the page."""
         params |= {"limit": limit, "offset": (page - 1) * limit}
-        total = await self.rows.one(ledger.TRANSACTION_COUNT, params)
+        total = await self.rows.one(count, params)
         if total is None:
             return None
-        rows = await self.rows.all(ledger.TRANSACTION_PAGE, params)
-        items = [ledger.transaction_json(row) for row in rows]
+        items = [item_json(row) for row in await self.rows.all(listing, params)]
         return _json({"page": page, "limit": limit, "total": total[0], "items": items})
 
     async def me(self, scope: Scope, _path: dict[str, str]) -> bytes | None:
