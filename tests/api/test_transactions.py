@@ -4,10 +4,11 @@ so a failure part-way leaves no partial write and a failed commit is never answe
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import event, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sora2.api.db import Base, Database
@@ -209,3 +210,66 @@ async def test_a_lost_idempotency_race_keeps_the_callers_transaction(settings: S
         assert nickname == "Second"
     finally:
         await database.dispose()
+
+
+async def test_a_transaction_cancelled_mid_statement_frees_the_database_at_once(
+    settings: Settings,
+) -> None:
+    """A task cancelled while its statement runs (a worker stopping, a shutdown) leaves nothing
+    locked: the next writer gets in as soon as that statement ends. On SQLite the interrupted
+    connection used to linger with its transaction, and its write lock, until the garbage
+    collector came by: registering after a worker stopped was a 500 "database is locked"."""
+    interrupted = Database(settings.resolved_database_url)
+    other = Database(settings.resolved_database_url)
+    running = threading.Event()
+    if is_postgres(settings):
+        slow = "SELECT pg_sleep(0.5)"
+    else:
+        slow = (
+            "WITH RECURSIVE n(x) AS (SELECT started() UNION ALL SELECT x + 1 FROM n "
+            "WHERE x < 3000000) SELECT count(*) FROM n"
+        )
+
+        def started() -> int:
+            running.set()
+            return 1
+
+        @event.listens_for(interrupted.engine.sync_engine, "connect")
+        def _started_function(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.create_function("started", 0, started)
+
+    async def slow_statement_running() -> bool:
+        if not is_postgres(settings):
+            return running.is_set()
+        async with other.read_session() as session:
+            found = await session.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE state = 'active' AND query LIKE 'SELECT pg_sleep%'"
+                )
+            )
+            return bool(found.scalar_one())
+
+    claim = text(
+        "INSERT INTO workers (id, hostname, pid, started_at, last_seen_at) "
+        "VALUES ('the-worker', 'here', :pid, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+    )
+
+    async def cancelled_mid_statement() -> None:
+        async with interrupted.transaction() as session:
+            await session.execute(claim, {"pid": 1})
+            await session.execute(text(slow))
+
+    try:
+        task = asyncio.create_task(cancelled_mid_statement())
+        await wait_for(slow_statement_running, timeout=10)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        async with asyncio.timeout(5), other.transaction() as session:
+            await session.execute(claim, {"pid": 2})
+        async with other.read_session() as session:
+            pids = (await session.execute(text("SELECT pid FROM workers"))).scalars().all()
+        assert pids == [2]
+    finally:
+        await interrupted.dispose()
+        await other.dispose()

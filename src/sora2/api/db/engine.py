@@ -14,6 +14,7 @@ On PostgreSQL both are the same engine.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,6 +36,27 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_READERS = 4
 
 
+class RollingBackConnection(sqlite3.Connection):
+    """A sqlite3 connection whose `close` ends its transaction first.
+
+    SQLAlchemy closes a connection whose task was cancelled mid-statement (a stopping worker, a
+    shutdown) without a rollback. Python's `close` is SQLite's `close_v2`: while a cursor of the
+    interrupted statement is still alive, the connection lingers as a zombie *with its
+    transaction open*, so the write lock stays held until the garbage collector finds that
+    cursor, and every other writer fails with "database is locked". A ROLLBACK is allowed with
+    statements pending (they are aborted) and releases the lock at once.
+    """
+
+    def close(self) -> None:
+        if self.in_transaction:
+            self.rollback()
+        super().close()
+
+
+# Every SQLite connection of ours, SQLAlchemy's (through aiosqlite) and the hot routes' own.
+SQLITE_CONNECT_ARGS: dict[str, Any] = {"factory": RollingBackConnection}
+
+
 class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
@@ -54,13 +76,25 @@ class Database:
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=60)
+        engine = create_async_engine(
+            url,
+            echo=echo,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=60,
+            connect_args=SQLITE_CONNECT_ARGS,
+        )
         _tune_sqlite(engine)
         return engine
 
     def _create_sqlite_reader(self, url: str, *, echo: bool) -> AsyncEngine:
         engine = create_async_engine(
-            url, echo=echo, pool_size=SQLITE_READERS, max_overflow=0, pool_timeout=60
+            url,
+            echo=echo,
+            pool_size=SQLITE_READERS,
+            max_overflow=0,
+            pool_timeout=60,
+            connect_args=SQLITE_CONNECT_ARGS,
         )
         _tune_sqlite_reader(engine)
         return engine

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
-from sora2.api.db.engine import SQLITE_BUSY_TIMEOUT_MS
+from sora2.api.db.engine import SQLITE_BUSY_TIMEOUT_MS, SQLITE_CONNECT_ARGS
 
 # What the asyncpg pool of the hot routes and the rate limiter may open per process, beside
 # SQLAlchemy's pool (10 + 10).
@@ -116,12 +116,13 @@ class SqliteRows:
 
     def _connect(self) -> sqlite3.Connection:
         # Opened at first use: the schema is migrated at start, after this object is built.
-        connection = sqlite3.connect(
+        connection: sqlite3.Connection = sqlite3.connect(
             f"file:{self._path}?mode=ro",
             uri=True,
             isolation_level=None,  # autocommit: each read sees what was committed before it
             check_same_thread=False,  # built on one thread, used on the loop's
             cached_statements=64,
+            **SQLITE_CONNECT_ARGS,
         )
         connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         connection.execute("PRAGMA query_only=ON")
@@ -160,7 +161,9 @@ class SqliteRows:
         return row
 
     def _connect_writer(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        connection: sqlite3.Connection = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=False, **SQLITE_CONNECT_ARGS
+        )
         for pragma in (
             f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
             "PRAGMA foreign_keys=ON",
