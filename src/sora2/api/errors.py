@@ -9,6 +9,7 @@ Unexpected exceptions become a 500 whose message never shows internals outside d
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -164,10 +165,28 @@ def is_database_outage(error: Exception) -> bool:
     )
 
 
+def is_database_busy(error: Exception) -> bool:
+    """SQLite's write lock stayed taken for the whole busy timeout: another process (a worker,
+    a `sqlite3` shell left in a transaction) holds it. It passes when that process lets go."""
+    cause = error.orig if isinstance(error, DBAPIError) else error
+    return isinstance(cause, sqlite3.OperationalError) and str(cause).startswith(
+        "database is locked"
+    )
+
+
 def unexpected_error_response(error: Exception, *, show_internals: bool) -> JSONResponse:
-    """What an exception no route handled becomes: 503 when the database is out of reach (the
-    client should retry), else a 500 for a bug, logged with its traceback and never shown
-    outside development."""
+    """What an exception no route handled becomes: 503 when the database is out of reach or
+    busy (the client should retry), else a 500 for a bug, logged with its traceback and never
+    shown outside development."""
+    if is_database_busy(error):
+        logger.warning("database busy: its write lock is held elsewhere")
+        return error_response(
+            503,
+            "Service Unavailable",
+            "The database is busy: another process has held its write lock for too long, so "
+            f"this request could not be completed; try again in {DATABASE_RETRY_AFTER_SECONDS} s.",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
     if is_database_outage(error):
         logger.warning("database unreachable: %s", type(error).__name__)
         return error_response(
