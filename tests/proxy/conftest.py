@@ -112,10 +112,27 @@ async def make_proxy() -> AsyncIterator[MakeProxy]:
         await server.stop()
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
+@pytest.fixture(params=["ordinary", "event-stream"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[aiohttp.ClientSession]:
+    """The test client, twice: as most clients ask, and asking every GET for an event stream
+    (`Accept: text/event-stream`, as a browser's EventSource does). The proxy relays those on
+    its own protocol (`_event_stream.py`) instead of aiohttp's client, and every behaviour of
+    this suite must hold for both."""
+    headers = {"Accept": "text/event-stream"} if request.param == "event-stream" else None
+    async with aiohttp.ClientSession(auto_decompress=False, headers=headers) as session:
         yield session
+
+
+# The raw-socket tests' request line variants: as most clients ask, and as an EventSource asks.
+ACCEPTS = pytest.mark.parametrize(
+    "accept", [b"", b"Accept: text/event-stream\r\n"], ids=["ordinary", "event-stream"]
+)
+
+
+def accept_of(client: aiohttp.ClientSession) -> bytes:
+    """The `Accept` line the parametrized `client` sends, for requests written by hand."""
+    accept = client.headers.get("Accept")
+    return f"Accept: {accept}\r\n".encode() if accept else b""
 
 
 async def eventually(

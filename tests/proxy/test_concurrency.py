@@ -14,13 +14,16 @@ import aiohttp
 from sora2.proxy import CircuitState, Health
 from tests.fakes.backend import BackendState
 from tests.fakes.servers import RunningServer
-from tests.proxy.conftest import MakeProxy, eventually
+from tests.proxy.conftest import ACCEPTS, MakeProxy, accept_of, eventually
 
 
 @contextlib.asynccontextmanager
-async def open_streams(url: str, count: int) -> AsyncIterator[list[aiohttp.ClientResponse]]:
+async def open_streams(
+    url: str, count: int, headers: dict[str, str] | None = None
+) -> AsyncIterator[list[aiohttp.ClientResponse]]:
     """`count` server-sent-event streams held open (headers received, body unread)."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         streams = await asyncio.gather(*(session.get(url) for _ in range(count)))
         try:
             yield list(streams)
@@ -93,10 +96,11 @@ async def test_hundreds_of_streams_and_stalled_readers_leave_ordinary_requests_a
 ) -> None:
     """The load the default pool (256) used to fail at: every request after it was a 503."""
     proxy = await make_proxy(backend.url, idle_timeout=2.0, request_timeout=5.0)
-    request = b"GET /api/proxy/big?mib=16 HTTP/1.1\r\nHost: x\r\n\r\n"
+    accept = accept_of(client)
+    request = b"GET /api/proxy/big?mib=16 HTTP/1.1\r\nHost: x\r\n" + accept + b"\r\n"
     stalled = [await send_without_reading(proxy.server.port, request) for _ in range(40)]
     try:
-        async with open_streams(proxy.url + "/sse", 400):
+        async with open_streams(proxy.url + "/sse", 400, dict(client.headers)):
             for _ in range(20):
                 async with client.get(proxy.url + "/echo/ordinary") as response:
                     assert response.status == 200
@@ -111,13 +115,15 @@ async def test_hundreds_of_streams_and_stalled_readers_leave_ordinary_requests_a
             sock.close()
 
 
+@ACCEPTS
 async def test_a_client_that_stops_reading_frees_its_backend_connection(
     backend: RunningServer,
     backend_state: BackendState,
     make_proxy: MakeProxy,
+    accept: bytes,
 ) -> None:
     proxy = await make_proxy(backend.url, idle_timeout=0.3)
-    request = b"GET /api/proxy/big?mib=64 HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = b"GET /api/proxy/big?mib=64 HTTP/1.1\r\nHost: x\r\n" + accept + b"\r\n"
     sock = await send_without_reading(proxy.server.port, request)
     try:
         await eventually(lambda: backend_state.cancelled == 1, timeout=10)

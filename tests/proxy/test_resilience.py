@@ -13,7 +13,7 @@ from sora2.proxy import CircuitState, Failure, Health
 from tests.fakes.backend import BackendState, create_backend
 from tests.fakes.fault_relay import Fault, FaultRelay, blackhole_port
 from tests.fakes.servers import RunningServer, free_port, start_app
-from tests.proxy.conftest import MakeProxy, eventually
+from tests.proxy.conftest import ACCEPTS, MakeProxy, eventually
 
 
 async def test_post_reset_after_send_is_not_retried(
@@ -232,14 +232,16 @@ async def test_backend_stalling_mid_body_breaks_the_response(
     assert time.monotonic() - started < 2.0
 
 
+@ACCEPTS
 async def test_client_disconnect_cancels_the_upstream_request(
     backend: RunningServer,
     backend_state: BackendState,
     make_proxy: MakeProxy,
+    accept: bytes,
 ) -> None:
     proxy = await make_proxy(backend.url)
     _, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
-    writer.write(b"GET /api/proxy/stall HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /api/proxy/stall HTTP/1.1\r\nHost: x\r\n" + accept + b"\r\n")
     await writer.drain()
     await asyncio.wait_for(backend_state.stall_started.wait(), 5)
     writer.close()

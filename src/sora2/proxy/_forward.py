@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -130,7 +131,11 @@ def _broken(error: BaseException) -> StreamBroken:
 _READ_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
 
 
-async def read_small_body(upstream: aiohttp.ClientResponse) -> bytes:
+class _Readable(Protocol):
+    async def read(self) -> bytes: ...
+
+
+async def read_small_body(upstream: _Readable) -> bytes:
     try:
         return await upstream.read()
     except _READ_ERRORS as error:

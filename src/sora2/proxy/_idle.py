@@ -7,14 +7,28 @@ copy) and two timer operations per event. Once a body is being streamed, this wa
 every quarter of the idle timeout one sweep looks at how many bytes each body has received
 since the last sweep, and fails the read of any that received none for the idle timeout, as
 aiohttp's own timeout would. A stream is thereby cut between `idle` and one and a half times `idle`
-after its backend fell silent, never sooner.
+after its backend fell silent, never sooner. Event streams the proxy relays with its own protocol
+(`_event_stream.py`) are watched the same way; they never had a timer of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 import aiohttp
+
+
+class OwnStream(Protocol):
+    """A body relayed by the proxy's own protocol (`_event_stream.py`) rather than aiohttp's."""
+
+    @property
+    def total_bytes(self) -> int: ...
+
+    def went_silent(self) -> None: ...
+
+
+Watched = aiohttp.StreamReader | OwnStream
 
 
 class IdleStreams:
@@ -24,7 +38,7 @@ class IdleStreams:
         self._loop = loop
         self._idle = idle
         # Each body being streamed: bytes received when last seen, and since when that count.
-        self._streams: dict[aiohttp.StreamReader, tuple[int, float]] = {}
+        self._streams: dict[Watched, tuple[int, float]] = {}
         self._handle: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
@@ -49,6 +63,15 @@ class IdleStreams:
     def forget(self, upstream: aiohttp.ClientResponse) -> None:
         self._streams.pop(upstream.content, None)
 
+    def watch_own(self, stream: OwnStream) -> None:
+        """Watch a body the proxy's own protocol relays (it has no timer of its own)."""
+        self._streams[stream] = (stream.total_bytes, self._loop.time())
+        if self._handle is None:
+            self._schedule()
+
+    def forget_own(self, stream: OwnStream) -> None:
+        self._streams.pop(stream, None)
+
     def close(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
@@ -61,12 +84,15 @@ class IdleStreams:
         self._handle = None
         now = self._loop.time()
         streams = self._streams
-        for content, (seen, since) in list(streams.items()):
-            received = content.total_bytes
+        for stream, (seen, since) in list(streams.items()):
+            received = stream.total_bytes
             if received != seen:
-                streams[content] = (received, now)
+                streams[stream] = (received, now)
             elif now - since >= self._idle:
-                del streams[content]
-                content.set_exception(aiohttp.SocketTimeoutError("the backend went silent"))
+                del streams[stream]
+                if isinstance(stream, aiohttp.StreamReader):
+                    stream.set_exception(aiohttp.SocketTimeoutError("the backend went silent"))
+                else:
+                    stream.went_silent()
         if streams:
             self._schedule()

@@ -13,8 +13,9 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +28,12 @@ from sora2.proxy._config import ProxyConfig
 from sora2.proxy._cors import CorsDecision, CorsPolicy
 from sora2.proxy._deadline import Deadline
 from sora2.proxy._errors import Failure, ProxyError, error_response
+from sora2.proxy._event_stream import (
+    EventStream,
+    InvalidHead,
+    open_event_stream,
+    wants_event_stream,
+)
 from sora2.proxy._forward import (
     BUFFERED_RESPONSE_BYTES,
     BodyStalled,
@@ -70,6 +77,9 @@ from sora2.proxy._tunnel import (
 
 logger = logging.getLogger("sora2.proxy")
 
+# A backend's answer: through aiohttp's client, or an event stream on the proxy's own protocol.
+Upstream = aiohttp.ClientResponse | EventStream
+
 # aiohttp's client adds Accept, Accept-Encoding, User-Agent and Content-Type when they are absent;
 # a proxy must forward the client's headers as they are (an added Accept-Encoding would get the
 # client a compressed body it never asked for). `skip_auto_headers` does this at a cost of a
@@ -101,6 +111,8 @@ class _Exchange:
     deadline: float
     cors: CorsDecision = field(default_factory=CorsDecision)
     idempotent: bool = False
+    event_stream: bool = False
+    """An event stream is asked for: it goes on the proxy's own protocol (_event_stream.py)."""
     body: RequestBody = None
     attempts: int = 0
     holds_retry_budget: bool = False
@@ -386,6 +398,7 @@ class Proxy:
             raise ProxyError(Failure.TOO_LARGE) from None
         except BodyStalled:
             raise self._body_timeout() from None
+        exchange.event_stream = exchange.body is None and wants_event_stream(request)
         # The deadline runs from here: a body in hand has been read; a streamed one moves it on
         # as it goes (see _watch_streamed_body), so a long, steady upload is not cut off by it.
         exchange.deadline = self.loop.time() + config.timeouts.request
@@ -650,7 +663,7 @@ class Proxy:
 
     async def _send_before_deadline(
         self, target: str, headers: CIMultiDict[str], exchange: _Exchange
-    ) -> aiohttp.ClientResponse:
+    ) -> Upstream:
         """All attempts, within the deadline. Whatever happens, the breaker hears one verdict on
         the backend for the whole request (see `_settle`), and a retry-budget slot is given back
         as soon as the response headers are in: a long stream must not hold one."""
@@ -753,7 +766,7 @@ class Proxy:
 
     async def _send_with_retries(
         self, target: str, headers: CIMultiDict[str], exchange: _Exchange
-    ) -> aiohttp.ClientResponse:
+    ) -> Upstream:
         loop = self.loop
         several = self._several
         while True:
@@ -799,14 +812,13 @@ class Proxy:
 
     async def _attempt(
         self, target: str, headers: CIMultiDict[str], exchange: _Exchange
-    ) -> aiohttp.ClientResponse:
+    ) -> Upstream:
         """One try: connect, send, wait for the response headers, all before the deadline."""
-        assert self._session is not None
         assert exchange.backend is not None
         url = URL(exchange.backend.upstream_base + target, encoded=True)
         body = exchange.body
         streamed = isinstance(body, StreamedBody)
-        data = body.chunks() if isinstance(body, StreamedBody) else body
+        send = self._sender(exchange, url, headers)
         try:
             if (
                 self._try_timeout is None
@@ -814,11 +826,9 @@ class Proxy:
                 or streamed
                 or not self._pool.another_could_take(exchange.tried or [], exchange.backend)
             ):
-                response = await self._session.request(
-                    exchange.method, url, headers=headers, data=data, allow_redirects=False
-                )
+                response = await send()
             else:
-                response = await self._request_or_move_on(exchange, url, headers, data)
+                response = await self._request_or_move_on(exchange, send)
         except aiohttp.ConnectionTimeoutError as error:
             self._note_failure(exchange, "connect_error")
             raise ProxyError(
@@ -837,7 +847,7 @@ class Proxy:
                 ) from None
             code = "ENOTFOUND" if isinstance(error, aiohttp.ClientConnectorDNSError) else "ECONNECT"
             raise ProxyError(Failure.BAD_GATEWAY, code, str(error), backend_failed=True) from None
-        except aiohttp.ClientResponseError as error:
+        except (aiohttp.ClientResponseError, InvalidHead) as error:
             # A response aiohttp cannot parse (a header over its size limit, say): the same
             # request would get the same response, so it is not retried, and the backend is
             # answering, so it is not counted as down.
@@ -853,22 +863,45 @@ class Proxy:
         self._count_attempt(exchange, "response")
         return response
 
+    def _sender(
+        self, exchange: _Exchange, url: URL, headers: CIMultiDict[str]
+    ) -> Callable[[], Awaitable[Upstream]]:
+        """How this attempt is sent: an event stream on the proxy's own protocol (plain HTTP
+        backends), anything else through aiohttp's client."""
+        if exchange.event_stream and url.scheme == "http":
+            timeouts = self.config.timeouts
+            return partial(
+                open_event_stream,
+                self.loop,
+                url,
+                headers,
+                connect_timeout=timeouts.connect,
+                idle_timeout=timeouts.idle,
+            )
+        assert self._session is not None
+        body = exchange.body
+        return partial(
+            self._session.request,
+            exchange.method,
+            url,
+            headers=headers,
+            data=body.chunks() if isinstance(body, StreamedBody) else body,
+            allow_redirects=False,
+        )
+
     async def _request_or_move_on(
-        self, exchange: _Exchange, url: URL, headers: CIMultiDict[str], data: object
-    ) -> aiohttp.ClientResponse:
+        self, exchange: _Exchange, send: Callable[[], Awaitable[Upstream]]
+    ) -> Upstream:
         """The request, given up (TimeoutError) after the try timeout or as soon as its backend
         is ejected, so that it can go to another backend. A `Deadline` rather than
         `asyncio.timeout()`: a third of the cost, on every GET when there are several backends."""
-        assert self._session is not None
         backend = exchange.backend
         assert backend is not None
         assert self._try_timeout is not None
         cutoff = Deadline(self.loop, self.loop.time() + self._try_timeout)
         backend.waiting.add(cutoff)
         try:
-            return await self._session.request(
-                exchange.method, url, headers=headers, data=data, allow_redirects=False
-            )
+            return await send()
         except asyncio.CancelledError:
             if not cutoff.expired:
                 raise
@@ -949,9 +982,7 @@ class Proxy:
             return None
         return backoff_delay(exchange.attempts, self.config.retries.delay)
 
-    def _wait_after_status(
-        self, upstream: aiohttp.ClientResponse, exchange: _Exchange
-    ) -> float | None:
+    def _wait_after_status(self, upstream: Upstream, exchange: _Exchange) -> float | None:
         """Seconds to wait before retrying after a 502/503/504, or None: pass it through."""
         if not exchange.idempotent or isinstance(exchange.body, StreamedBody):
             return None
@@ -1002,7 +1033,7 @@ class Proxy:
     # -- the answer ------------------------------------------------------------------------
 
     async def _respond(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: _Exchange
+        self, request: web.Request, upstream: Upstream, exchange: _Exchange
     ) -> web.StreamResponse:
         headers, raw_bytes = downstream_response_headers(
             upstream.headers,
@@ -1024,7 +1055,7 @@ class Proxy:
         length = upstream.content_length
         # One write when the whole body is in hand already; a body still arriving is streamed
         # as it comes, however small (a slow answer must not be held back until complete).
-        if length is not None and length <= BUFFERED_RESPONSE_BYTES and upstream.content.is_eof():
+        if length is not None and length <= BUFFERED_RESPONSE_BYTES and _body_in_hand(upstream):
             try:
                 data = await read_small_body(upstream)
             except StreamBroken as broken:
@@ -1039,13 +1070,21 @@ class Proxy:
         exchange.answered_at = time.perf_counter()
         assert self._idle_streams is not None
         try:
-            await stream_body(
-                response,
-                upstream,
-                self.metrics.add_bytes_out,
-                self.config.timeouts.idle,
-                self._idle_streams,
-            )
+            if isinstance(upstream, EventStream):
+                await upstream.relay(
+                    response,
+                    count_bytes=self.metrics.add_bytes_out,
+                    send_timeout=self.config.timeouts.idle,
+                    idle=self._idle_streams,
+                )
+            else:
+                await stream_body(
+                    response,
+                    upstream,
+                    self.metrics.add_bytes_out,
+                    self.config.timeouts.idle,
+                    self._idle_streams,
+                )
         except StreamBroken as broken:
             # The headers are gone already: the only honest signal left is a broken connection.
             logger.warning("backend broke off the response body: %s", broken)
@@ -1055,6 +1094,12 @@ class Proxy:
             return response
         await response.write_eof()
         return response
+
+
+def _body_in_hand(upstream: Upstream) -> bool:
+    if isinstance(upstream, EventStream):
+        return upstream.complete
+    return upstream.content.is_eof()
 
 
 def _origin_form(target: str) -> str:

@@ -50,8 +50,9 @@ def any_raw_bytes(headers: CIMultiDict[str]) -> bool:
     return any(has_raw_bytes(value) for value in values)
 
 
-def _raw_head(status_line: str, headers: CIMultiDict[str]) -> bytes:
-    lines = [status_line]
+def raw_head(first_line: str, headers: CIMultiDict[str]) -> bytes:
+    """A message head (request or status line, then the headers) with non-UTF-8 bytes restored."""
+    lines = [first_line]
     for name, value in headers.items():
         if _FORBIDDEN.search(name) or _FORBIDDEN.search(value):
             raise ValueError("control character in a header")
@@ -86,7 +87,7 @@ class ExactRequest(aiohttp.ClientRequest):
             # A control character is refused by the server's parser before it gets here; should
             # one come, aiohttp's own (lossy) head goes out rather than a broken one.
             with contextlib.suppress(ValueError):
-                writer._headers_buf = _raw_head(status_line, self.headers)
+                writer._headers_buf = raw_head(status_line, self.headers)
         await super().write_bytes(writer, conn, content_length)
 
 
@@ -107,7 +108,7 @@ async def _write_headers_exactly(
     writer = cast(StreamWriter, response._payload_writer)
     version = request.version
     status_line = f"HTTP/{version[0]}.{version[1]} {response.status} {response.reason}"
-    writer._headers_buf = _raw_head(status_line, headers)
+    writer._headers_buf = raw_head(status_line, headers)
     writer._headers_written = False
     if response._send_headers_immediately:
         writer.send_headers()

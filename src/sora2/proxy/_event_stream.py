@@ -1,0 +1,360 @@
+"""Event streams relayed below aiohttp: one small protocol object per held stream.
+
+A page watching a video's progress holds one server-sent-events stream for minutes, and thousands
+of pages hold thousands. Through aiohttp's client each held stream keeps about 10 KiB of objects
+(the parsed response and its request, the connection's bookkeeping, a `StreamReader` with its
+deques, a chain of coroutines resumed on every event). So a request that asks for an event stream
+(`wants_event_stream`) is sent on a connection of its own, driven by `EventStream`: httptools
+parses the response, its head and then its body's framing, and once the head has gone to the
+client every piece of body is written to the client's transport from the protocol's callback, with
+no task, no reader and no coroutine per event. The handler waits on one future for the end.
+
+Everything before the body is the proxy's ordinary path (attempts, retries, the breaker, the
+connection slots, errors, headers): `open_event_stream` fails the way aiohttp's `request` does, and
+an `EventStream` answers what the proxy asks of a response (`status`, `headers`, `release`...). A
+connection is never reused: a stream lasts minutes, a new loopback connection costs microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+import aiohttp
+import httptools
+from aiohttp import web
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.http_writer import StreamWriter
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from sora2.proxy._forward import ClientGone, StreamBroken
+from sora2.proxy._idle import IdleStreams
+from sora2.proxy._relay import raw_head
+
+# aiohttp's client limits, so that a response refused on one path is refused on the other.
+MAX_LINE_BYTES = 8190
+MAX_HEADERS = 128
+# The client's socket buffer above which the backend is no longer read (it is not reading),
+# and below which reading resumes.
+HIGH_WATER_BYTES = 64 * 1024
+LOW_WATER_BYTES = 16 * 1024
+# How often a stream whose client stopped reading looks again (only such streams do).
+DRAIN_POLL_SECONDS = 0.05
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+def wants_event_stream(request: web.Request) -> bool:
+    """A browser's `EventSource` (or anything asking for `text/event-stream`) on HTTP/1.1,
+    without a body: such requests are held open for minutes, so they take the lean relay."""
+    return (
+        request.method == "GET"
+        and request.version >= (1, 1)
+        and not request.body_exists
+        and "text/event-stream" in request.headers.get("Accept", "")
+    )
+
+
+class InvalidHead(Exception):
+    """A response head the proxy cannot pass on (a header over aiohttp's limits, bad syntax):
+    the same request would get it again, so it is neither retried nor held against the backend."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+async def open_event_stream(
+    loop: asyncio.AbstractEventLoop,
+    url: URL,
+    headers: CIMultiDict[str],
+    *,
+    connect_timeout: float,
+    idle_timeout: float,
+) -> EventStream:
+    """Connect to `url`'s host, send a GET for it and wait for the response head. Fails as
+    aiohttp's client would: `ConnectionTimeoutError` (the TCP connect took too long),
+    `ClientConnectorError` (refused, unreachable, unknown host), `TimeoutError` (silent for
+    `idle_timeout` once sent), `ServerDisconnectedError` or `ConnectionResetError` (gone before
+    answering), `InvalidHead`."""
+    host, port = url.raw_host or "", url.port or 80
+    if "Host" not in headers:
+        headers = CIMultiDict(headers)
+        headers["Host"] = host if port == 80 else f"{host}:{port}"
+    head = raw_head(f"GET {url.raw_path_qs} HTTP/1.1", headers)
+    stream = EventStream(loop)
+    try:
+        await _connect(loop, stream, host, port, connect_timeout)
+        stream.send(head)
+        async with asyncio.timeout(idle_timeout):
+            await stream.head_received
+    except BaseException:  # the deadline, the client leaving: the connection goes too
+        stream.release()
+        raise
+    return stream
+
+
+async def _connect(
+    loop: asyncio.AbstractEventLoop, stream: EventStream, host: str, port: int, timeout: float
+) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.create_connection(lambda: stream, host, port)
+    except TimeoutError:
+        raise aiohttp.ConnectionTimeoutError(
+            f"Connection timeout to host http://{host}:{port}"
+        ) from None
+    except OSError as error:
+        key = ConnectionKey(host, port, False, True, None, None, None)
+        if isinstance(error, socket.gaierror):
+            raise aiohttp.ClientConnectorDNSError(key, error) from None
+        raise aiohttp.ClientConnectorError(key, error) from None
+
+
+class EventStream(asyncio.Protocol):
+    """One upstream connection: its response head as the proxy reads it, then its body copied
+    to the client as it arrives (`relay`)."""
+
+    __slots__ = (
+        "_chunked",
+        "_count_bytes",
+        "_done",
+        "_downstream",
+        "_early",
+        "_failure",
+        "_header_count",
+        "_loop",
+        "_parser",
+        "_paused_since",
+        "_raw_headers",
+        "_send_timeout",
+        "_transport",
+        "_until_close",
+        "complete",
+        "head_received",
+        "headers",
+        "reason",
+        "status",
+        "total_bytes",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._raw_headers: list[tuple[str, str]] | None = []
+        self._header_count = 0
+        self._early: list[bytes] | None = []  # body that came before the relay started
+        self._until_close = False
+        self._downstream: asyncio.Transport | None = None
+        self._chunked = False
+        self._count_bytes: Callable[[int], None] | None = None
+        self._send_timeout = 0.0
+        self._paused_since = 0.0
+        self._done: asyncio.Future[None] | None = None
+        self._failure: Exception | None = None  # how the body ended before the relay began
+        self.head_received: asyncio.Future[None] = loop.create_future()
+        self.status = 0
+        self.reason = ""
+        self.headers = _NO_HEADERS
+        self.complete = False
+        self.total_bytes = 0
+
+    # -- what the proxy asks of a response ---------------------------------------------------
+
+    @property
+    def content_length(self) -> int | None:
+        length = self.headers.get("Content-Length")
+        return int(length) if length is not None and length.isdigit() else None
+
+    async def read(self) -> bytes:
+        """The whole body of a response that is `complete` already."""
+        early = self._early or []
+        return b"".join(early)
+
+    def release(self) -> None:
+        """Close the connection (never reused), whatever state the response is in."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    async def relay(
+        self,
+        response: web.StreamResponse,
+        *,
+        count_bytes: Callable[[int], None],
+        send_timeout: float,
+        idle: IdleStreams,
+    ) -> None:
+        """Copy the rest of the body to `response`'s client once its head has gone. Returns
+        when the body is complete; raises `StreamBroken` if the backend breaks off or falls
+        silent (`idle`, the shared sweep, calls `went_silent`), `ClientGone` if the client
+        leaves or stops reading for `send_timeout`."""
+        request = response._req
+        writer = response._payload_writer
+        assert request is not None
+        assert isinstance(writer, StreamWriter)
+        downstream = request.transport
+        if downstream is None or downstream.is_closing():
+            raise ClientGone
+        self._downstream = downstream
+        self._chunked = writer.chunked
+        self._count_bytes = count_bytes
+        self._send_timeout = send_timeout
+        self.headers = _NO_HEADERS  # relayed already: nothing needs them any more
+        self._done = self._loop.create_future()
+        early, self._early = self._early or [], None
+        for piece in early:
+            self._write(piece)
+        if self.complete:
+            return
+        if self._failure is not None:
+            raise self._failure
+        idle.watch_own(self)
+        try:
+            await self._done
+        finally:
+            idle.forget_own(self)
+
+    def went_silent(self) -> None:
+        """The shared idle sweep saw no byte for the idle timeout."""
+        self._finish(StreamBroken("idle timeout"))
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def send(self, head: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(head)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            if not self.head_received.done():
+                self.head_received.set_exception(InvalidHead(f"invalid response: {error}"))
+            else:
+                self._finish(StreamBroken(f"truncated body: {error}"))
+            self.release()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if not self.head_received.done():
+            self.head_received.set_exception(
+                exc if exc is not None else aiohttp.ServerDisconnectedError()
+            )
+        else:
+            self._end_of_connection(exc)
+
+    def pause_writing(self) -> None:  # a GET's head is all we write: nothing to hold back
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        if len(reason) > MAX_LINE_BYTES:
+            self._refuse("status line too long")
+        self.reason = reason.decode("utf-8", "surrogateescape")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if len(name) + len(value) > MAX_LINE_BYTES or self._header_count > MAX_HEADERS:
+            self._refuse(f"a header over the limit of {MAX_LINE_BYTES} bytes or {MAX_HEADERS}")
+        elif self._raw_headers is not None:
+            self._raw_headers.append(
+                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            )
+
+    def on_headers_complete(self) -> None:
+        if self.head_received.done():  # refused above
+            return
+        headers = CIMultiDict(self._raw_headers or ())
+        self._raw_headers = None
+        self.status = self._parser.get_status_code()
+        self.headers = CIMultiDictProxy(headers)
+        coding = headers.get("Transfer-Encoding", "").lower()
+        self._until_close = "Content-Length" not in headers and "chunked" not in coding
+        self.head_received.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self.total_bytes += len(body)
+        if self._downstream is None:
+            if self._early is not None:
+                self._early.append(body)
+            return
+        self._write(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self._finish(None)
+
+    # -- the copy ------------------------------------------------------------------------------
+
+    def _refuse(self, why: str) -> None:
+        if not self.head_received.done():
+            self.head_received.set_exception(InvalidHead(why))
+        self.release()
+
+    def _write(self, piece: bytes) -> None:
+        downstream = self._downstream
+        assert downstream is not None
+        if downstream.is_closing():
+            self._finish(ClientGone())
+            return
+        if self._chunked:
+            downstream.writelines((b"%x\r\n" % len(piece), piece, b"\r\n"))
+        else:
+            downstream.write(piece)
+        assert self._count_bytes is not None
+        self._count_bytes(len(piece))
+        if not self._paused_since and downstream.get_write_buffer_size() > HIGH_WATER_BYTES:
+            # The client is not reading: stop reading the backend until it does.
+            self._paused_since = self._loop.time()
+            if self._transport is not None:
+                self._transport.pause_reading()
+            self._loop.call_later(DRAIN_POLL_SECONDS, self._check_drained)
+
+    def _check_drained(self) -> None:
+        downstream = self._downstream
+        if self._done is None or self._done.done() or downstream is None:
+            return
+        if downstream.is_closing():
+            self._finish(ClientGone())
+        elif downstream.get_write_buffer_size() <= LOW_WATER_BYTES:
+            self._paused_since = 0.0
+            if self._transport is not None:
+                self._transport.resume_reading()
+        elif self._loop.time() - self._paused_since >= self._send_timeout:
+            self._finish(ClientGone())
+        else:
+            self._loop.call_later(DRAIN_POLL_SECONDS, self._check_drained)
+
+    def _end_of_connection(self, exc: Exception | None) -> None:
+        if self.complete:
+            return
+        if exc is None and self._until_close:
+            self.complete = True  # a body framed by the connection's end ends with it
+            self._finish(None)
+        else:
+            cause = f": {exc}" if exc is not None else ""
+            self._finish(StreamBroken(f"truncated body: the backend closed the connection{cause}"))
+
+    def _finish(self, outcome: Exception | None) -> None:
+        """End the relay: None for a complete body, else the error `relay` raises."""
+        done = self._done
+        if done is None:
+            self._failure = self._failure or outcome
+        elif not done.done():
+            if outcome is None:
+                done.set_result(None)
+            else:
+                done.set_exception(outcome)
+        if outcome is not None or self.complete:
+            self.release()
