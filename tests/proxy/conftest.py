@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 from aiohttp import web
 
 from sora2.proxy import Proxy, ProxyConfig, mount_proxy
@@ -110,6 +111,14 @@ async def make_proxy() -> AsyncIterator[MakeProxy]:
     yield make
     for server in running:
         await server.stop()
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The proxy runs on uvloop in the web (its transports are not asyncio's classes), so its
+    suite does too; the web's and the api's suites keep asyncio's own loop."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(params=["ordinary", "event-stream"])

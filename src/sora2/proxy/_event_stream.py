@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
+from typing import cast
 
 import aiohttp
 import httptools
@@ -224,8 +225,8 @@ class EventStream(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's is not an `asyncio.Transport` subclass: no isinstance).
+        self._transport = cast(asyncio.Transport, transport)
 
     def send(self, head: bytes) -> None:
         assert self._transport is not None
