@@ -5,9 +5,10 @@ of pages hold thousands. Through aiohttp's client each held stream keeps about 1
 (the parsed response and its request, the connection's bookkeeping, a `StreamReader` with its
 deques, a chain of coroutines resumed on every event). So a request that asks for an event stream
 (`wants_event_stream`) is sent on a connection of its own, driven by `EventStream`: httptools
-parses the response, its head and then its body's framing, and once the head has gone to the
-client every piece of body is written to the client's transport from the protocol's callback, with
-no task, no reader and no coroutine per event. The handler waits on one future for the end.
+parses the response head, and once that has gone to the client, the body's bytes are written to
+the client's transport from the protocol's callback as they came (a chunked body stays chunked;
+`_framing.py` only finds where it ends), with no task, no reader, no parser and no coroutine per
+event. The handler waits on one future for the end.
 
 Everything before the body is the proxy's ordinary path (attempts, retries, the breaker, the
 connection slots, errors, headers): `open_event_stream` fails the way aiohttp's `request` does, and
@@ -31,12 +32,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from sora2.proxy._forward import ClientGone, StreamBroken
+from sora2.proxy._framing import MAX_LINE_BYTES, BodyFraming, InvalidFraming
 from sora2.proxy._idle import IdleStreams
 from sora2.proxy._relay import raw_head
 
-# aiohttp's client limits, so that a response refused on one path is refused on the other.
-MAX_LINE_BYTES = 8190
+# aiohttp's client limits (with MAX_LINE_BYTES), so that a response refused on one path is
+# refused on the other.
 MAX_HEADERS = 128
+MAX_HEAD_BYTES = MAX_HEADERS * (MAX_LINE_BYTES + 2)
 # The client's socket buffer above which the backend is no longer read (it is not reading),
 # and below which reading resumes.
 HIGH_WATER_BYTES = 64 * 1024
@@ -88,6 +91,7 @@ async def open_event_stream(
     try:
         await _connect(loop, stream, host, port, connect_timeout)
         stream.send(head)
+        assert stream.head_received is not None
         async with asyncio.timeout(idle_timeout):
             await stream.head_received
     except BaseException:  # the deadline, the client leaving: the connection goes too
@@ -118,20 +122,22 @@ class EventStream(asyncio.Protocol):
     to the client as it arrives (`relay`)."""
 
     __slots__ = (
-        "_chunked",
         "_count_bytes",
+        "_counted",
         "_done",
         "_downstream",
         "_early",
         "_failure",
+        "_frame_pieces",
+        "_framing",
+        "_head",
         "_header_count",
+        "_idle",
         "_loop",
-        "_parser",
         "_paused_since",
         "_raw_headers",
         "_send_timeout",
         "_transport",
-        "_until_close",
         "complete",
         "head_received",
         "headers",
@@ -142,20 +148,22 @@ class EventStream(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
-        self._raw_headers: list[tuple[str, str]] | None = []
+        self._head = b""  # the response head, until it is complete
+        self._raw_headers: list[tuple[str, str]] = []
         self._header_count = 0
+        self._framing: BodyFraming | None = None
         self._early: list[bytes] | None = []  # body that came before the relay started
-        self._until_close = False
         self._downstream: asyncio.Transport | None = None
-        self._chunked = False
+        self._frame_pieces = False
         self._count_bytes: Callable[[int], None] | None = None
+        self._counted = 0
         self._send_timeout = 0.0
         self._paused_since = 0.0
+        self._idle: IdleStreams | None = None
         self._done: asyncio.Future[None] | None = None
         self._failure: Exception | None = None  # how the body ended before the relay began
-        self.head_received: asyncio.Future[None] = loop.create_future()
+        self.head_received: asyncio.Future[None] | None = loop.create_future()
         self.status = 0
         self.reason = ""
         self.headers = _NO_HEADERS
@@ -171,8 +179,7 @@ class EventStream(asyncio.Protocol):
 
     async def read(self) -> bytes:
         """The whole body of a response that is `complete` already."""
-        early = self._early or []
-        return b"".join(early)
+        return b"".join(self._early or ())
 
     def release(self) -> None:
         """Close the connection (never reused), whatever state the response is in."""
@@ -180,43 +187,53 @@ class EventStream(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.close()
 
-    async def relay(
+    def relay(
         self,
         response: web.StreamResponse,
         *,
         count_bytes: Callable[[int], None],
         send_timeout: float,
         idle: IdleStreams,
-    ) -> None:
-        """Copy the rest of the body to `response`'s client once its head has gone. Returns
-        when the body is complete; raises `StreamBroken` if the backend breaks off or falls
-        silent (`idle`, the shared sweep, calls `went_silent`), `ClientGone` if the client
-        leaves or stops reading for `send_timeout`."""
+    ) -> asyncio.Future[None]:
+        """Copy the rest of the body to `response`'s client, whose head has gone. The future
+        ends when the body is complete; with `StreamBroken` if the backend breaks off or falls
+        silent (`idle`, the shared sweep, calls `went_silent`), with `ClientGone` if the client
+        leaves or stops reading for `send_timeout`. A plain future, not a coroutine: a held
+        stream keeps no frame of its own."""
+        done = self._done = self._loop.create_future()
         request = response._req
         writer = response._payload_writer
+        framing = self._framing
         assert request is not None
-        assert isinstance(writer, StreamWriter)
+        assert framing is not None
         downstream = request.transport
         if downstream is None or downstream.is_closing():
-            raise ClientGone
+            done.set_exception(ClientGone())
+            self.release()
+            return done
+        assert isinstance(writer, StreamWriter)
+        if framing.chunked and not writer.chunked:
+            # Only if something between the proxy and aiohttp gave the answer a length.
+            done.set_exception(StreamBroken("a chunked body cannot go out with a length"))
+            self.release()
+            return done
         self._downstream = downstream
-        self._chunked = writer.chunked
+        # A chunked body goes on as it came; other bodies to a chunked answer get framed.
+        self._frame_pieces = writer.chunked and not framing.chunked
         self._count_bytes = count_bytes
         self._send_timeout = send_timeout
-        self.headers = _NO_HEADERS  # relayed already: nothing needs them any more
-        self._done = self._loop.create_future()
+        # Relayed already: nothing needs them any more, nor the head's future.
+        self.headers = _NO_HEADERS
+        self.head_received = None
         early, self._early = self._early or [], None
         for piece in early:
             self._write(piece)
-        if self.complete:
-            return
-        if self._failure is not None:
-            raise self._failure
-        idle.watch_own(self)
-        try:
-            await self._done
-        finally:
-            idle.forget_own(self)
+        if self.complete or self._failure is not None:
+            self._finish(self._failure)
+        elif not done.done():
+            self._idle = idle
+            idle.watch_own(self)
+        return done
 
     def went_silent(self) -> None:
         """The shared idle sweep saw no byte for the idle timeout."""
@@ -233,22 +250,31 @@ class EventStream(asyncio.Protocol):
         self._transport.write(head)
 
     def data_received(self, data: bytes) -> None:
+        if self._framing is None:
+            self._read_head(data)
+            return
+        self.total_bytes += len(data)
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as error:
-            if not self.head_received.done():
-                self.head_received.set_exception(InvalidHead(f"invalid response: {error}"))
-            else:
-                self._finish(StreamBroken(f"truncated body: {error}"))
-            self.release()
+            piece = self._framing.feed(data)
+        except InvalidFraming as error:
+            self._finish(StreamBroken(f"truncated body: {error}"))
+            return
+        if piece:
+            if self._downstream is not None:
+                self._write(piece)
+            elif self._early is not None:
+                self._early.append(piece)
+        if self._framing.done:
+            self.complete = True
+            self._finish(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        if not self.head_received.done():
+        if self.head_received is not None and not self.head_received.done():
             self.head_received.set_exception(
                 exc if exc is not None else aiohttp.ServerDisconnectedError()
             )
-        else:
+        elif not self.complete:
             self._end_of_connection(exc)
 
     def pause_writing(self) -> None:  # a GET's head is all we write: nothing to hold back
@@ -257,7 +283,56 @@ class EventStream(asyncio.Protocol):
     def resume_writing(self) -> None:
         pass
 
-    # -- httptools callbacks -------------------------------------------------------------------
+    # -- the head ------------------------------------------------------------------------------
+
+    def _read_head(self, data: bytes) -> None:
+        """Collect the head; once whole, parse it (httptools, for this moment only) and treat
+        what followed it as body. Informational heads (1xx) are skipped, as aiohttp does."""
+        head = self._head + data
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(head) > MAX_HEAD_BYTES:
+                self._refuse(f"a response head over {MAX_HEAD_BYTES} bytes")
+            self._head = head
+            return
+        self._head = b""
+        rest = head[end + 4 :]
+        parser = httptools.HttpResponseParser(self)
+        try:
+            parser.feed_data(head[: end + 4])
+        except httptools.HttpParserError as error:
+            self._refuse(f"invalid response: {error}")
+            return
+        if self.head_received is None or self.head_received.done():
+            return  # refused (a header over the limits)
+        status = parser.get_status_code()
+        if 100 <= status < 200:
+            self._raw_headers.clear()
+            self._header_count = 0
+            if rest:
+                self._read_head(rest)
+            return
+        self._start_body(status)
+        if rest:
+            self.data_received(rest)
+
+    def _start_body(self, status: int) -> None:
+        headers = CIMultiDict(self._raw_headers)
+        self._raw_headers = []
+        self.status = status
+        self.headers = CIMultiDictProxy(headers)
+        codings = headers.get("Transfer-Encoding", "").lower()
+        if status in (204, 304):
+            self._framing = BodyFraming(chunked=False, length=0)
+        else:
+            self._framing = BodyFraming(
+                chunked=codings.rstrip().endswith("chunked"), length=self.content_length
+            )
+        self.complete = self._framing.done
+        assert self.head_received is not None
+        self.head_received.set_result(None)
+
+    # -- httptools callbacks, for the head only ----------------------------------------------
 
     def on_status(self, reason: bytes) -> None:
         if len(reason) > MAX_LINE_BYTES:
@@ -268,38 +343,15 @@ class EventStream(asyncio.Protocol):
         self._header_count += 1
         if len(name) + len(value) > MAX_LINE_BYTES or self._header_count > MAX_HEADERS:
             self._refuse(f"a header over the limit of {MAX_LINE_BYTES} bytes or {MAX_HEADERS}")
-        elif self._raw_headers is not None:
-            self._raw_headers.append(
-                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-            )
-
-    def on_headers_complete(self) -> None:
-        if self.head_received.done():  # refused above
             return
-        headers = CIMultiDict(self._raw_headers or ())
-        self._raw_headers = None
-        self.status = self._parser.get_status_code()
-        self.headers = CIMultiDictProxy(headers)
-        coding = headers.get("Transfer-Encoding", "").lower()
-        self._until_close = "Content-Length" not in headers and "chunked" not in coding
-        self.head_received.set_result(None)
-
-    def on_body(self, body: bytes) -> None:
-        self.total_bytes += len(body)
-        if self._downstream is None:
-            if self._early is not None:
-                self._early.append(body)
-            return
-        self._write(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-        self._finish(None)
+        self._raw_headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
 
     # -- the copy ------------------------------------------------------------------------------
 
     def _refuse(self, why: str) -> None:
-        if not self.head_received.done():
+        if self.head_received is not None and not self.head_received.done():
             self.head_received.set_exception(InvalidHead(why))
         self.release()
 
@@ -309,12 +361,15 @@ class EventStream(asyncio.Protocol):
         if downstream.is_closing():
             self._finish(ClientGone())
             return
-        if self._chunked:
+        if self._frame_pieces:
             downstream.writelines((b"%x\r\n" % len(piece), piece, b"\r\n"))
         else:
             downstream.write(piece)
         assert self._count_bytes is not None
-        self._count_bytes(len(piece))
+        assert self._framing is not None
+        payload = self._framing.payload
+        self._count_bytes(payload - self._counted)
+        self._counted = payload
         if not self._paused_since and downstream.get_write_buffer_size() > HIGH_WATER_BYTES:
             # The client is not reading: stop reading the backend until it does.
             self._paused_since = self._loop.time()
@@ -338,9 +393,8 @@ class EventStream(asyncio.Protocol):
             self._loop.call_later(DRAIN_POLL_SECONDS, self._check_drained)
 
     def _end_of_connection(self, exc: Exception | None) -> None:
-        if self.complete:
-            return
-        if exc is None and self._until_close:
+        framing = self._framing
+        if exc is None and framing is not None and framing.ends_with_connection:
             self.complete = True  # a body framed by the connection's end ends with it
             self._finish(None)
         else:
@@ -348,7 +402,7 @@ class EventStream(asyncio.Protocol):
             self._finish(StreamBroken(f"truncated body: the backend closed the connection{cause}"))
 
     def _finish(self, outcome: Exception | None) -> None:
-        """End the relay: None for a complete body, else the error `relay` raises."""
+        """End the body: None when complete, else the error the relay's future ends with."""
         done = self._done
         if done is None:
             self._failure = self._failure or outcome
@@ -357,5 +411,8 @@ class EventStream(asyncio.Protocol):
                 done.set_result(None)
             else:
                 done.set_exception(outcome)
+        if self._idle is not None:
+            self._idle.forget_own(self)
+            self._idle = None
         if outcome is not None or self.complete:
             self.release()

@@ -120,7 +120,9 @@ class RelayedStream(web.StreamResponse):
     def __init__(
         self, *, status: int, reason: str | None, headers: CIMultiDict[str], raw_bytes: bool
     ) -> None:
-        super().__init__(status=status, reason=reason, headers=headers)
+        # The proxy built `headers` for this response alone: taken as they are, not copied (a
+        # held event stream would otherwise keep two copies for its whole life).
+        super().__init__(status=status, reason=reason, _real_headers=headers)
         self._untyped = "Content-Type" not in headers
         self._raw_bytes = raw_bytes
 
