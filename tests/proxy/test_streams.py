@@ -4,7 +4,9 @@ for every streamed body (`_idle.py`) instead of aiohttp's timer per connection."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -78,3 +80,74 @@ async def test_a_connection_used_by_a_stream_keeps_its_read_timeout_for_the_next
     async with client.get(proxy.url + "/stall") as response:
         assert response.status == 504
     assert time.monotonic() - started < IDLE * 4
+
+
+@contextlib.asynccontextmanager
+async def scripted_backend(*pieces: bytes) -> AsyncIterator[str]:
+    """A backend answering every request but health checks with `pieces`, written one by one
+    (each flushed before the next), then holding the connection until the client leaves."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"GET /api/health"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        else:
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+            await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+EVENT_STREAM = {"Accept": "text/event-stream"}
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+)
+
+
+async def test_an_event_stream_arrives_as_the_backend_framed_it_past_early_hints(
+    make_proxy: MakeProxy,
+) -> None:
+    """Chunks cut mid-size-line, an extension, a trailer: the events arrive whole, in order,
+    the stream ends complete; an informational 103 before the answer is skipped."""
+    async with scripted_backend(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n",
+        STREAM_HEAD + b"\r\n",
+        b"d\r\ndata: first\n\n\r\n1",
+        b"0;ext=1\r\ndata: second!!\n\n\r\n",
+        b"0\r\nX-Trailer: done\r\n\r\n",
+    ) as backend_url:
+        proxy = await make_proxy(backend_url)
+        async with (
+            aiohttp.ClientSession(headers=EVENT_STREAM) as client,
+            client.get(proxy.url + "/events") as response,
+        ):
+            assert response.status == 200
+            assert "Link" not in response.headers
+            assert await response.read() == b"data: first\n\ndata: second!!\n\n"
+    assert proxy.proxy.metrics.truncated_responses == 0
+    assert proxy.proxy.metrics.bytes_out == 29
+
+
+async def test_an_event_stream_the_backend_garbles_is_cut_and_counted_as_truncated(
+    make_proxy: MakeProxy,
+) -> None:
+    async with scripted_backend(
+        STREAM_HEAD + b"\r\n", b"d\r\ndata: first\n\n\r\n", b"not-a-size\r\n"
+    ) as backend_url:
+        proxy = await make_proxy(backend_url)
+        async with (
+            aiohttp.ClientSession(headers=EVENT_STREAM) as client,
+            client.get(proxy.url + "/events") as response,
+        ):
+            assert await response.content.readexactly(13) == b"data: first\n\n"
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+    assert proxy.proxy.metrics.truncated_responses == 1
+    await eventually(lambda: proxy.proxy.streaming == 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sora2.proxy._framing import BodyFraming, InvalidFraming
+from sora2.proxy._framing import BodyFraming
 
 EVENT = b"data: one\n\n"
 CHUNKED = b"b\r\n" + EVENT + b"\r\n" + b"4;ext=1\r\nabcd\r\n" + b"0\r\nTrailer: x\r\n\r\n"
@@ -54,17 +54,32 @@ def test_bytes_after_the_end_are_not_passed_on() -> None:
 @pytest.mark.parametrize(
     "size_line", [b"zz\r\n", b"0x1a\r\n", b"\r\n", b"1_0\r\n", b"-1\r\n", b"1" * 17 + b"\r\n"]
 )
-def test_a_chunk_size_that_is_not_one_is_refused(size_line: bytes) -> None:
-    with pytest.raises(InvalidFraming):
-        BodyFraming(chunked=True, length=None).feed(size_line)
+def test_a_chunk_size_that_is_not_one_ends_the_body_after_what_came_before(
+    size_line: bytes,
+) -> None:
+    framing = BodyFraming(chunked=True, length=None)
+    good = b"3\r\nabc\r\n"
+    assert framing.feed(good + size_line + b"more\r\n") == good
+    assert "not a chunk size" in framing.invalid
+    assert framing.feed(b"3\r\nabc\r\n") == b""
 
 
 def test_an_endless_chunk_size_line_is_refused() -> None:
     framing = BodyFraming(chunked=True, length=None)
     for _ in range(8):
         framing.feed(b"1" * 1000)  # 8,000 bytes of a size line: still within the limit
-    with pytest.raises(InvalidFraming):
-        framing.feed(b"1" * 1000)
+    assert not framing.invalid
+    framing.feed(b"1" * 1000)
+    assert "over 8190 bytes" in framing.invalid
+
+
+def test_a_chunked_body_stays_chunked_once_complete() -> None:
+    """The relay may start after the whole body came: it must still see it was chunked (it
+    was framed a second time, once)."""
+    framing = BodyFraming(chunked=True, length=None)
+    framing.feed(b"3\r\nabc\r\n0\r\n\r\n")
+    assert framing.done
+    assert framing.chunked
 
 
 def test_a_sized_body_ends_after_its_length() -> None:

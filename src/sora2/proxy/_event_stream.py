@@ -32,7 +32,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from sora2.proxy._forward import ClientGone, StreamBroken
-from sora2.proxy._framing import MAX_LINE_BYTES, BodyFraming, InvalidFraming
+from sora2.proxy._framing import MAX_LINE_BYTES, BodyFraming
 from sora2.proxy._idle import IdleStreams
 from sora2.proxy._relay import raw_head
 
@@ -254,17 +254,16 @@ class EventStream(asyncio.Protocol):
             self._read_head(data)
             return
         self.total_bytes += len(data)
-        try:
-            piece = self._framing.feed(data)
-        except InvalidFraming as error:
-            self._finish(StreamBroken(f"truncated body: {error}"))
-            return
+        framing = self._framing
+        piece = framing.feed(data)
         if piece:
             if self._downstream is not None:
                 self._write(piece)
             elif self._early is not None:
                 self._early.append(piece)
-        if self._framing.done:
+        if framing.invalid:
+            self._finish(StreamBroken(f"truncated body: {framing.invalid}"))
+        elif framing.done:
             self.complete = True
             self._finish(None)
 

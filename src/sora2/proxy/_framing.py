@@ -27,15 +27,18 @@ class _State(enum.Enum):
     LENGTH = 4  # a body of known length
     UNTIL_CLOSE = 5  # a body that ends with the connection
     DONE = 6
+    INVALID = 7  # not a chunked body from some point on: nothing more is passed
 
 
 class BodyFraming:
     """Feed it each packet of the body; it says which bytes to pass on and when the body ended.
     `payload` counts the body's own bytes (chunk data, not framing), as a client would."""
 
-    __slots__ = ("_left", "_line", "_state", "payload")
+    __slots__ = ("_left", "_line", "_state", "chunked", "invalid", "payload")
 
     def __init__(self, *, chunked: bool, length: int | None) -> None:
+        self.chunked = chunked
+        self.invalid = ""  # why the body stopped being a chunked body, once it did
         self._line = b""  # a chunk-size line cut by the end of a packet, held back
         self._left = 0
         self.payload = 0
@@ -48,10 +51,6 @@ class BodyFraming:
             self._state = _State.UNTIL_CLOSE
 
     @property
-    def chunked(self) -> bool:
-        return self._state in (_State.SIZE, _State.DATA, _State.TRAILER)
-
-    @property
     def ends_with_connection(self) -> bool:
         return self._state is _State.UNTIL_CLOSE
 
@@ -61,7 +60,9 @@ class BodyFraming:
 
     def feed(self, data: bytes) -> bytes:
         """The bytes of `data` to pass on: all of them, except the last chunk and what follows
-        it, and a chunk-size line not yet complete (passed on with the next packet)."""
+        it, and a chunk-size line not yet complete (passed on with the next packet). Where the
+        bytes stop being a chunked body, what came before is still passed on and `invalid`
+        says why."""
         state = self._state
         if state is _State.UNTIL_CLOSE:
             self.payload += len(data)
@@ -73,12 +74,23 @@ class BodyFraming:
             if not self._left:
                 self._state = _State.DONE
             return piece
-        if state is _State.DONE:
+        if state is _State.DONE or state is _State.INVALID:
             return b""
         return self._feed_chunked(data)
 
     def _feed_chunked(self, data: bytes) -> bytes:
         passed: list[bytes] = []
+        try:
+            self._frame(data, passed)
+        except InvalidFraming as error:
+            self.invalid = str(error)
+            self._state = _State.INVALID
+        if len(passed) == 1:
+            return passed[0]
+        return b"".join(passed)
+
+    def _frame(self, data: bytes, passed: list[bytes]) -> None:
+        """Appends to `passed` the bytes of `data` to pass on (see `feed`)."""
         start = 0  # where the bytes of `data` still to pass on begin
         position = 0
         end = len(data)
@@ -93,11 +105,15 @@ class BodyFraming:
                 newline = data.find(b"\n", position)
                 if newline < 0:
                     passed.append(data[start:position])
+                    start = end
                     self._hold(data[position:])
-                    start = position = end
                     break
                 line = self._line + data[position : newline + 1]
-                size = _chunk_size(line)
+                try:
+                    size = _chunk_size(line)
+                except InvalidFraming:
+                    passed.append(data[start:position])
+                    raise
                 if size:
                     if self._line:  # the held-back start of this line goes first
                         passed.append(data[start:position])
@@ -127,9 +143,6 @@ class BodyFraming:
                     self._state = _State.DONE
         if start < end:
             passed.append(data[start:])
-        if len(passed) == 1:
-            return passed[0]
-        return b"".join(passed)
 
     def _hold(self, partial_line: bytes) -> None:
         self._line += partial_line
