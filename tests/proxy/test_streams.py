@@ -118,7 +118,7 @@ async def test_an_event_stream_arrives_as_the_backend_framed_it_past_early_hints
     the stream ends complete; an informational 103 before the answer is skipped."""
     async with scripted_backend(
         b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n",
-        STREAM_HEAD + b"\r\n",
+        STREAM_HEAD.replace(b" 200 OK", b" 200") + b"\r\n",
         b"d\r\ndata: first\n\n\r\n1",
         b"0;ext=1\r\ndata: second!!\n\n\r\n",
         b"0\r\nX-Trailer: done\r\n\r\n",
@@ -128,7 +128,7 @@ async def test_an_event_stream_arrives_as_the_backend_framed_it_past_early_hints
             aiohttp.ClientSession(headers=EVENT_STREAM) as client,
             client.get(proxy.url + "/events") as response,
         ):
-            assert response.status == 200
+            assert (response.status, response.reason) == (200, "")  # not "Early Hints"
             assert "Link" not in response.headers
             assert await response.read() == b"data: first\n\ndata: second!!\n\n"
     assert proxy.proxy.metrics.truncated_responses == 0
@@ -151,3 +151,33 @@ async def test_an_event_stream_the_backend_garbles_is_cut_and_counted_as_truncat
                 await response.read()
     assert proxy.proxy.metrics.truncated_responses == 1
     await eventually(lambda: proxy.proxy.streaming == 0)
+
+
+async def test_an_event_stream_head_with_bare_line_feeds_is_read_as_aiohttp_reads_it(
+    make_proxy: MakeProxy,
+) -> None:
+    head = STREAM_HEAD.replace(b"\r\n", b"\n") + b"\n"
+    async with scripted_backend(head, b"d\r\ndata: first\n\n\r\n0\r\n\r\n") as backend_url:
+        proxy = await make_proxy(backend_url, idle_timeout=5.0)
+        async with (
+            aiohttp.ClientSession(headers=EVENT_STREAM) as client,
+            client.get(proxy.url + "/events") as response,
+        ):
+            assert response.status == 200
+            assert await response.read() == b"data: first\n\n"
+
+
+async def test_an_upgrade_answered_to_an_event_stream_is_a_bad_gateway_not_a_500(
+    make_proxy: MakeProxy,
+) -> None:
+    switch = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    async with scripted_backend(switch) as backend_url:
+        proxy = await make_proxy(backend_url, max_attempts=1)
+        async with (
+            aiohttp.ClientSession(headers=EVENT_STREAM) as client,
+            client.get(proxy.url + "/events") as response,
+        ):
+            assert response.status == 502
+            assert (await response.json())["details"]["errorCode"] == "EINVALIDRESPONSE"

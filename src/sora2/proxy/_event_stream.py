@@ -23,6 +23,7 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
+import aiohappyeyeballs
 import aiohttp
 import httptools
 from aiohttp import web
@@ -85,17 +86,15 @@ async def open_event_stream(
     host, port = url.raw_host or "", url.port or 80
     if "Host" not in headers:
         headers = CIMultiDict(headers)
-        headers["Host"] = host if port == 80 else f"{host}:{port}"
+        headers["Host"] = url.host_port_subcomponent or host  # `[::1]:3101`, as aiohttp sends
     head = raw_head(f"GET {url.raw_path_qs} HTTP/1.1", headers)
     stream = EventStream(loop)
     try:
         await _connect(loop, stream, host, port, connect_timeout)
         stream.send(head)
-        assert stream.head_received is not None
-        async with asyncio.timeout(idle_timeout):
-            await stream.head_received
+        await _head_of(stream, idle_timeout)
     except BaseException:  # the deadline, the client leaving: the connection goes too
-        stream.release()
+        stream.abandon()
         raise
     return stream
 
@@ -103,18 +102,52 @@ async def open_event_stream(
 async def _connect(
     loop: asyncio.AbstractEventLoop, stream: EventStream, host: str, port: int, timeout: float
 ) -> None:
+    """The TCP connect as aiohttp makes it: every address of `host` tried (happy eyeballs), the
+    timeout on the connect alone, "refused" when every address refused."""
+    key = ConnectionKey(host, port, False, True, None, None, None)
+    try:
+        addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise aiohttp.ClientConnectorDNSError(key, error) from None
     try:
         async with asyncio.timeout(timeout):
-            await loop.create_connection(lambda: stream, host, port)
+            sock = await aiohappyeyeballs.start_connection(
+                addresses, happy_eyeballs_delay=0.25, loop=loop
+            )
     except TimeoutError:
         raise aiohttp.ConnectionTimeoutError(
             f"Connection timeout to host http://{host}:{port}"
         ) from None
     except OSError as error:
-        key = ConnectionKey(host, port, False, True, None, None, None)
-        if isinstance(error, socket.gaierror):
-            raise aiohttp.ClientConnectorDNSError(key, error) from None
         raise aiohttp.ClientConnectorError(key, error) from None
+    try:
+        await loop.create_connection(lambda: stream, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def _head_of(stream: EventStream, idle_timeout: float) -> None:
+    """Wait for the response head; silence for `idle_timeout` is a `TimeoutError`. The timer
+    starts again with every packet of the head, as aiohttp's `sock_read` does."""
+    head = stream.head_received
+    assert head is not None
+    while True:
+        received = stream.total_bytes
+        done, _ = await asyncio.wait((head,), timeout=idle_timeout)
+        if done:
+            head.result()
+            return
+        if stream.total_bytes == received:
+            raise TimeoutError
+
+
+def _end_of_head(data: bytes) -> int:
+    """Where the head in `data` ends (after its empty line), or -1: not complete yet. Bare LF
+    line ends are accepted too, as aiohttp's parser accepts them."""
+    crlf, lf = data.find(b"\r\n\r\n"), data.find(b"\n\n")
+    ends = [found + size for found, size in ((crlf, 4), (lf, 2)) if found >= 0]
+    return min(ends) if ends else -1
 
 
 class EventStream(asyncio.Protocol):
@@ -187,6 +220,14 @@ class EventStream(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.close()
 
+    def abandon(self) -> None:
+        """Close the connection of a request given up before its head was read: nobody waits
+        for the head any more, so how it would have ended is not an error to report."""
+        head, self.head_received = self.head_received, None
+        if head is not None and head.done() and not head.cancelled():
+            head.exception()  # retrieved: asyncio would log it as never retrieved
+        self.release()
+
     def relay(
         self,
         response: web.StreamResponse,
@@ -236,8 +277,11 @@ class EventStream(asyncio.Protocol):
         return done
 
     def went_silent(self) -> None:
-        """The shared idle sweep saw no byte for the idle timeout."""
-        self._finish(StreamBroken("idle timeout"))
+        """The shared idle sweep saw no byte for the idle timeout. While the backend is not
+        read because the client is not reading, the silence is the client's: `_check_drained`
+        decides (ClientGone), not the sweep."""
+        if not self._paused_since:
+            self._finish(StreamBroken("idle timeout"))
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -287,40 +331,48 @@ class EventStream(asyncio.Protocol):
     def _read_head(self, data: bytes) -> None:
         """Collect the head; once whole, parse it (httptools, for this moment only) and treat
         what followed it as body. Informational heads (1xx) are skipped, as aiohttp does."""
+        self.total_bytes += len(data)
         head = self._head + data
-        end = head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(head) > MAX_HEAD_BYTES:
-                self._refuse(f"a response head over {MAX_HEAD_BYTES} bytes")
-            self._head = head
-            return
-        self._head = b""
-        rest = head[end + 4 :]
-        parser = httptools.HttpResponseParser(self)
-        try:
-            parser.feed_data(head[: end + 4])
-        except httptools.HttpParserError as error:
-            self._refuse(f"invalid response: {error}")
-            return
-        if self.head_received is None or self.head_received.done():
-            return  # refused (a header over the limits)
-        status = parser.get_status_code()
-        if 100 <= status < 200:
+        while True:
+            end = _end_of_head(head)
+            if end < 0:
+                if len(head) > MAX_HEAD_BYTES:
+                    self._refuse(f"a response head over {MAX_HEAD_BYTES} bytes")
+                self._head = head
+                return
+            status = self._parse_head(head[:end])
+            head = head[end:]
+            if not 100 <= status < 200:
+                break
+            # An informational head (103 Early Hints...): skipped, as aiohttp does.
             self._raw_headers.clear()
             self._header_count = 0
-            if rest:
-                self._read_head(rest)
-            return
-        self._start_body(status)
-        if rest:
-            self.data_received(rest)
+            self.reason = ""
+        self._head = b""
+        if status:
+            self._start_body(status)
+            if head:
+                self.data_received(head)
+
+    def _parse_head(self, head: bytes) -> int:
+        """Parse one head (httptools, for this moment only); its status, or 0 if refused."""
+        parser = httptools.HttpResponseParser(self)
+        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)  # as aiohttp's parser
+        try:
+            parser.feed_data(head)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
+            self._refuse(f"invalid response: {type(error).__name__}: {error}")
+            return 0
+        if self.head_received is None or self.head_received.done():
+            return 0  # refused (a header over the limits)
+        return parser.get_status_code()
 
     def _start_body(self, status: int) -> None:
         headers = CIMultiDict(self._raw_headers)
         self._raw_headers = []
         self.status = status
         self.headers = CIMultiDictProxy(headers)
-        codings = headers.get("Transfer-Encoding", "").lower()
+        codings = ",".join(headers.getall("Transfer-Encoding", ())).lower()
         if status in (204, 304):
             self._framing = BodyFraming(chunked=False, length=0)
         else:

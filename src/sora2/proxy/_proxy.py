@@ -1092,7 +1092,12 @@ class Proxy:
             exchange.truncated = True
             request.protocol.force_close()
             return response
-        await response.write_eof()
+        try:
+            # The end of the body waits only if the client stopped reading just then.
+            async with asyncio.timeout(self.config.timeouts.idle):
+                await response.write_eof()
+        except (ConnectionError, TimeoutError):
+            raise ClientGone from None
         return response
 
 
