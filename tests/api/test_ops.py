@@ -12,7 +12,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from sqlalchemy import text
 
+from sora2.api.db import Database
+from sora2.api.jobs.worker import until_database_answers
 from sora2.settings import Settings
 from tests.api.conftest import is_postgres, make_settings
 from tests.api.fake_provider import ScriptedProvider
@@ -354,3 +357,39 @@ def test_the_fast_schema_check_agrees_with_alembic() -> None:
     from sora2.api.db.migrate import alembic_config, head_revision
 
     assert [head_revision()] == ScriptDirectory.from_config(alembic_config()).get_heads()
+
+
+async def test_a_worker_started_during_a_database_outage_waits_for_it_to_end(
+    database_url: str, settings: Settings
+) -> None:
+    """Before, `sora2 serve worker` died at start when the database was unreachable; with
+    workers restarted during an outage (the soak), none was left and every job stayed queued."""
+    if not is_postgres(settings):
+        pytest.skip("a SQLite file cannot become unreachable")
+    target = urlsplit(database_url)
+    relay = TcpRelay(target.port or 5432)
+    await relay.start()
+    through_relay = database_url.replace(f":{target.port}/", f":{relay.port}/")
+    await relay.cut()
+    database = Database(through_relay.replace("postgresql://", "postgresql+asyncpg://", 1))
+    attempts = 0
+
+    async def schema_check() -> None:
+        nonlocal attempts
+        attempts += 1
+        async with database.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    try:
+        waiting = asyncio.create_task(until_database_answers(schema_check, first_wait=0.05))
+
+        async def tried_twice() -> bool:
+            return attempts >= 2  # refused, and tried again
+
+        await wait_for(tried_twice, timeout=10)
+        assert not waiting.done()
+        await relay.restore()
+        await asyncio.wait_for(waiting, timeout=10)
+    finally:
+        await database.dispose()
+        await relay.cut()

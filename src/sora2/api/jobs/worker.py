@@ -29,9 +29,10 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from sora2.api.db import Database
+from sora2.api.errors import is_database_outage
 from sora2.api.events import VideoEvents
 from sora2.api.jobs.queue import ClaimedJob, JobGone, JobQueue, LeaseLost, Recorded
 from sora2.api.jobs.stops import UpstreamStops
@@ -422,6 +423,29 @@ def _retrieve_exception(task: asyncio.Task[Recorded]) -> None:
         task.exception()
 
 
+async def until_database_answers(
+    step: Callable[[], Awaitable[None]], *, first_wait: float = 0.25, longest_wait: float = 5.0
+) -> None:
+    """Run `step`, again and again while the database is unreachable. A worker started (or
+    restarted by its supervisor) during a database outage waits for it to end instead of
+    exiting: nobody may be there to start it again, and its jobs would wait for ever."""
+    wait = first_wait
+    while True:
+        try:
+            await step()
+            return
+        except Exception as error:
+            if not is_database_outage(error):
+                raise
+            logger.warning(
+                "the database is unreachable (%s); trying again in %.2g s",
+                type(error).__name__,
+                wait,
+            )
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, longest_wait)
+
+
 async def run_worker_process(settings: Settings) -> None:
     """`sora2 serve worker`: one worker against the configured database and provider."""
     from sora2.api.context import media_storage
@@ -430,7 +454,9 @@ async def run_worker_process(settings: Settings) -> None:
 
     database = Database(settings.resolved_database_url)
     try:
-        await prepare_schema(database, apply=not settings.is_production)
+        await until_database_answers(
+            lambda: prepare_schema(database, apply=not settings.is_production)
+        )
         provider = create_provider(settings)
         try:
             worker = Worker(
