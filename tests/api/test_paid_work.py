@@ -137,18 +137,23 @@ async def test_a_create_answered_after_the_timeout_makes_one_paid_generation(
         assert None not in keys
 
 
-async def test_a_duplicate_that_lands_late_is_deleted_upstream(settings: Settings) -> None:
+@pytest.mark.parametrize(
+    "lands_after", [1.5, 2.5], ids=["before-the-first-search", "after-the-first-search"]
+)
+async def test_a_duplicate_that_lands_late_is_deleted_upstream(
+    settings: Settings, lands_after: float
+) -> None:
     """An upstream ignoring the key, whose first create lands after the client gave up and after
-    the retry made a second job: the late one is found and deleted, the video completes once."""
-    # Twice the usual create timeout: the late create must land after the retry made the second
-    # job and before the search at 2 timeouts; at 300 ms that window (150 ms each side) was
-    # missed once by a loaded CI machine.
+    the retry made a second job: the late one is found and deleted, the video completes once.
+    Searches run at 2, 4 and 8 create timeouts; a create landing after the first (reported: a
+    loaded upstream, one search at a fixed moment, the duplicate kept forever) is found by the next.
+    """
     timeout_ms = 2 * TIMEOUT_MS
     async with upstream_for(
         settings, honour_idempotency=False, openai_timeout_ms=timeout_ms
     ) as upstream:
         upstream.fake.slow_creates = 1
-        upstream.fake.create_land_delay = 1.5 * timeout_ms / 1000
+        upstream.fake.create_land_delay = lands_after * timeout_ms / 1000
         async with api_and_workers(upstream) as api:
             token, _ = await api.register()
             _, video = await create(api, token)

@@ -7,11 +7,12 @@ not know the id (404: already gone), with backoff between tries, so a provider t
 the user cancels still stops the job once it is back.
 
 A row without an id is a search: a create was sent and never answered, so a job may exist that we
-have no id for. It runs `search_delay` after that create (a late one has landed by then; the worker
-uses twice `OPENAI_TIMEOUT_MS`), lists what the
-provider made for that request since the create, and stops every job no live or completed video
-holds. While another video with the same request has a create in flight, the search waits: the
-job it finds could be that video's.
+have no id for. It lists what the provider made for that request since the create and stops every
+job no live or completed video holds. It runs `SEARCHES` times, `search_delay` after the create
+(the worker uses twice `OPENAI_TIMEOUT_MS`) and then at twice and four times that: a backlogged
+upstream can land a create later than expected, and one search at a fixed moment misses it. While
+another video with the same request has a create in flight, a search waits: the job it finds could
+be that video's.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ logger = logging.getLogger("sora2.api.worker")
 
 # Videos whose upstream job must be kept: still being made, or made and delivered.
 KEEP_STATUSES = (*ACTIVE_STATUSES, "completed")
+
+# How many times a search row looks for a late create, at 1, 2 and 4 search delays after it.
+SEARCHES = 3
 
 
 async def database_now(session: AsyncSession) -> datetime:
@@ -175,22 +179,44 @@ class UpstreamStops:
 
     async def _work_on(self, row: UpstreamStop, now: datetime) -> None:
         if row.search is not None:
-            landed_by = datetime.fromisoformat(row.search["since"]) + self.search_delay
-            if landed_by > now:
-                # A late create may still land: search once it must have.
-                await self._postpone(row, "waiting for a late create to land", until=landed_by)
+            due = self._next_search_at(row.search)
+            if due > now:
+                # A late create may still land: search once it should have.
+                await self._postpone(row, "waiting for a late create to land", until=due)
                 return
         try:
             if row.provider_job_id is not None:
                 await self.provider.cancel(row.provider_job_id)
                 logger.info("upstream job %s stopped (%s)", row.provider_job_id, row.reason)
-            elif row.search is not None and not await self._search_and_stop(row.search):
-                await self._postpone(row, "another create for the same request is in flight")
-                return
+            elif row.search is not None:
+                if not await self._search_and_stop(row.search):
+                    await self._postpone(row, "another create for the same request is in flight")
+                    return
+                if row.search.get("searched", 0) + 1 < SEARCHES:  # more to come
+                    await self._search_again_later(row)
+                    return
         except ProviderError as error:
             await self._postpone(row, f"{error.code}: {error.message}")
             return
         await self._finish(row)
+
+    def _next_search_at(self, search: dict[str, Any]) -> datetime:
+        """1, 2, then 4 search delays after the create."""
+        since = datetime.fromisoformat(search["since"])
+        searched: int = search.get("searched", 0)
+        return since + self.search_delay * (1 << searched)
+
+    async def _search_again_later(self, row: UpstreamStop) -> None:
+        assert row.search is not None
+        searched: int = row.search.get("searched", 0)
+        search = row.search | {"searched": searched + 1}
+        async with self.database.transaction() as session:
+            await session.execute(
+                update(UpstreamStop)
+                .where(UpstreamStop.id == row.id)
+                .values(search=search, run_after=self._next_search_at(search), last_error=None)
+                .execution_options(synchronize_session=False)
+            )
 
     async def _search_and_stop(self, search: dict[str, Any]) -> bool:
         """Stops every job made for the search's request that no video holds; False to wait."""
